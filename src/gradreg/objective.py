@@ -88,18 +88,19 @@ class Objective:
         if any(t.uses_jacobian for _, t, _ in active):
             x = x.detach().requires_grad_(True)
         logits = model(x)
-        task = self.task_loss(logits[:b], y)
+        labeled = logits if unlabeled is None else logits[:b]  # no view node when there is nothing to cut
+        task = self.task_loss(labeled, y)
         loss, parts = task, {}
         for weight, term, name in active:
             # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole x.
-            rows = b if term.needs_labels else x.shape[0]
-            value = term.evaluate(model, x, logits[:rows], y if term.needs_labels else None,
+            value = term.evaluate(model, x, labeled if term.needs_labels else logits,
+                                  y if term.needs_labels else None,
                                   generator=generator)
             parts[name] = value.mean()
             loss = loss + weight * parts[name]
         for name in self.names:
             parts.setdefault(name, torch.zeros((), device=task.device, dtype=task.dtype))
-        return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=logits[:b])
+        return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -72,7 +72,7 @@ def couples_batch(model) -> bool:
 
 
 def _norm(g: Tensor, norm: str) -> Tensor:
-    g = g.flatten(1)
+    g = g if g.dim() == 2 else g.flatten(1)
     return g.pow(2).sum(1) if norm == "l2sq" else g.abs().sum(1)
 
 
@@ -107,7 +107,8 @@ class _Context:
         if not self.coupled:
             (g,) = torch.autograd.grad(outputs, self.x, cotangent, retain_graph=True,
                                        create_graph=self.create_graph)
-            return g[: self.n]
+            # Slicing only when there are extra rows: every view is one more node in the double backward.
+            return g if g.shape[0] == self.n else g[: self.n]
         # Sample i's own block only: probe i carries cotangent row i alone, and we keep gradient row i.
         n = self.n
         eye = torch.arange(n, device=cotangent.device)
@@ -118,7 +119,9 @@ class _Context:
 
     def vjp_norms(self, outputs: Tensor, cotangents: Tensor, norm: str) -> Tensor:
         """``(P, n)`` norms of the per-sample input gradients for P cotangents ``(P, n, m)``."""
-        if cotangents.shape[0] == 1 or self.coupled or self._strategy(cotangents.shape[0]) == "loop":
+        if cotangents.shape[0] == 1:
+            return _norm(self.vjp(outputs, cotangents[0]), norm).unsqueeze(0)
+        if self.coupled or self._strategy(cotangents.shape[0]) == "loop":
             return torch.stack([_norm(self.vjp(outputs, c), norm) for c in cotangents])
         g = self._batched_grad(outputs, cotangents)[:, : self.n]
         return _norm(g.flatten(0, 1), norm).view(cotangents.shape[0], self.n)
@@ -240,7 +243,7 @@ def _as_outputs(logits: Tensor, name: str) -> Tensor:
     if not isinstance(logits, Tensor) or logits.dim() == 0:
         raise ValueError(f"{name}: the model must return a (B, m) tensor, got "
                          f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
-    return logits.reshape(logits.shape[0], -1)
+    return logits if logits.dim() == 2 else logits.reshape(logits.shape[0], -1)
 
 
 def _one_hot(y: Tensor, m: int, dtype: torch.dtype) -> Tensor:
@@ -259,7 +262,10 @@ class _Projected(Regularizer):
             raise ValueError(f"{self.name}: n_projections must be a positive integer, got {self.n_projections!r}")
 
     def penalty(self, ctx: _Context) -> Tensor:
-        return ctx.vjp_norms(ctx.z, self.cotangents(ctx), self.norm).mean(0)
+        cotangents = self.cotangents(ctx)
+        if cotangents.shape[0] == 1:  # the common k = 1 case without the stack-and-mean nodes
+            return _norm(ctx.vjp(ctx.z, cotangents[0]), self.norm)
+        return ctx.vjp_norms(ctx.z, cotangents, self.norm).mean(0)
 
     @abc.abstractmethod
     def cotangents(self, ctx: _Context) -> Tensor:

@@ -1,0 +1,261 @@
+"""One run: a frozen RunConfig -> trained model -> metrics (the paper's protocol, Section 6).
+
+Seeds are first-class: the run's ``seed`` derives separate streams for the training subset, the
+initialization (and dropout), the minibatch order and the regularizers' random projections, so
+changing one never shifts another. The same config gives the same numbers on the same machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import data as data_mod
+from .models import create_model
+from .objective import Objective, paper_weight
+from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from .regularizers import get_regularizer
+
+__all__ = ["RunConfig", "RunResult", "train", "resolve_device", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet",
+                 "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet", "sin": "mlp", "sin2": "mlp"}
+_STREAMS = {"subset": 1, "init": 2, "order": 3, "projection": 4, "augment": 5}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result (not where its data lies or which device runs it)."""
+
+    dataset: str = "digits"
+    train_size: int | None = None          # points drawn from the pool; None: the whole pool
+    model: str | None = None               # None: the dataset's model (DEFAULT_MODEL)
+    batchnorm: bool = False
+    recipe: str | None = None              # None: the dataset's recipe (recipes.DEFAULT_RECIPE)
+    overrides: tuple[tuple[str, Any], ...] = ()   # recipe overrides, e.g. (("weight_decay", 0.0),)
+    terms: tuple[tuple[str, float], ...] = ()     # (regularizer, λ) pairs
+    weight_convention: str = "paper"       # λ as the paper writes it, or "gradreg" (batch-size independent)
+    batch_mode: str = "batch"              # the paper's batch-summed form; same as "sample" without BatchNorm
+    n_projections: int = 1
+    seed: int = 0
+    max_eval: int | None = None            # cap on dev/test points (smoke runs only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", tuple(sorted((str(k), v) for k, v in dict(self.overrides).items())))
+        object.__setattr__(self, "terms", tuple((str(n), float(w)) for n, w in self.terms))
+        if self.weight_convention not in ("paper", "gradreg"):
+            raise ValueError(f"weight_convention must be 'paper' or 'gradreg', got {self.weight_convention!r}")
+        if self.dataset not in data_mod.DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data_mod.DATASETS))}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"train_size must be >= 1, got {self.train_size}")
+        for name, weight in self.terms:
+            get_regularizer(name, **self._term_options(name))  # unknown names fail here, listing valid ones
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"{name}: weight must be a finite number >= 0, got {weight}")
+        # Store overrides as the recipe's typed values so "300" and 300 give the same run key.
+        recipe = self.resolved_recipe()
+        object.__setattr__(self, "overrides", tuple((k, getattr(recipe, k)) for k, _ in self.overrides))
+
+    def _term_options(self, name: str) -> dict[str, Any]:
+        if name == "confidence_penalty":
+            return {}
+        opts: dict[str, Any] = {"batch_mode": self.batch_mode}
+        if name in ("spectreg", "spectreg_spherical", "randomonehot"):
+            opts["n_projections"] = self.n_projections
+        if name == "datagrad" and self.dataset in ("sin", "sin2"):
+            opts["loss"] = "mse"
+        return opts
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL.get(self.dataset, "mlp")
+
+    def resolved_recipe(self) -> Recipe:
+        return get_recipe(self.recipe or DEFAULT_RECIPE.get(self.dataset, "mnist")).replace(**dict(self.overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        d["terms"] = [list(t) for t in self.terms]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        d = dict(d)
+        d["overrides"] = tuple(dict(d.get("overrides", {})).items())
+        d["terms"] = tuple(tuple(t) for t in d.get("terms", ()))
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown run config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def key(self) -> str:
+        """A stable hash of the fully resolved config: the run's identity in the results store."""
+        resolved = self.to_dict() | {"model": self.model_name,
+                                     "recipe": dataclasses.asdict(self.resolved_recipe())}
+        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+    def seed_for(self, stream: str) -> int:
+        return int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:7], "little")
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    status: str                               # "done" or "diverged" ("failed" is set by the sweep)
+    metrics: dict[str, float] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "key": self.config.key(), "status": self.status,
+                "metrics": self.metrics, "curve": self.curve, "extras": self.extras,
+                "seconds": self.seconds, "error": self.error}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _weight_penalty(model: nn.Module) -> Tensor:
+    """sum(w**2) over weight tensors (dim > 1: conv and dense kernels), the paper's weight decay term."""
+    return sum(p.pow(2).sum() for p in model.parameters() if p.dim() > 1)
+
+
+def _augment(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
+    """Random horizontal flip and translation by up to ``pad`` pixels (zero fill), per sample (6.2.5)."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=gen, device=gen.device).to(x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (torch.randint(0, 2 * pad + 1, (2, b), generator=gen, device=gen.device).to(x.device))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return xp[torch.arange(b, device=x.device)[:, None, None, None],
+              torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, task: str, batch_size: int) -> dict[str, float]:
+    """Accuracy (%) / top-5 / mean loss for classification, MSE for regression, in large batches."""
+    was_training = model.training
+    model.eval()
+    outs = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    if task == "regression":
+        return {"mse": F.mse_loss(outs, y.reshape(outs.shape)).item()}
+    res = {"acc": 100.0 * (outs.argmax(1) == y).float().mean().item(),
+           "loss": F.cross_entropy(outs, y).item()}
+    if outs.shape[1] >= 100:
+        res["top5"] = 100.0 * (outs.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
+    return res
+
+
+def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_dir=None,
+          device: str | torch.device = "auto", progress: bool = True, keep_model: bool = False) -> RunResult:
+    """Train one run and return its metrics. A non-finite loss stops it early as ``diverged``."""
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    recipe = config.resolved_recipe()
+    ds = dataset if dataset is not None else data_mod.load_dataset(config.dataset, data_dir)
+    idx = ds.subset_indices(config.train_size, config.seed_for("subset")).to(dev)
+    x_pool, y_pool = ds.x_pool.to(dev), ds.y_pool.to(dev)
+    n_eval = config.max_eval
+    x_dev, y_dev = ds.x_dev[:n_eval].to(dev), ds.y_dev[:n_eval].to(dev)
+    x_test, y_test = ds.x_test[:n_eval].to(dev), ds.y_test[:n_eval].to(dev)
+
+    torch.manual_seed(config.seed_for("init"))  # initialization, then dropout masks
+    model = create_model(config.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
+                         batchnorm=config.batchnorm, dropout=recipe.dropout).to(dev)
+    if recipe.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                              nesterov=recipe.nesterov, dampening=0.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, recipe.milestones(), gamma=recipe.lr_factor)
+    batch = min(recipe.batch_size, len(idx))
+    convert = (lambda w, n: paper_weight(n, w, batch)) if config.weight_convention == "paper" else (lambda w, n: w)
+    objective = Objective("mse" if ds.task == "regression" else "cross_entropy",
+                          [(convert(w, n), get_regularizer(n, **config._term_options(n))) for n, w in config.terms])
+    gen = {s: torch.Generator(device=dev).manual_seed(config.seed_for(s)) for s in ("order", "projection", "augment")}
+    eval_at = sorted({max(1, round(recipe.steps * (i + 1) / recipe.eval_points)) for i in range(recipe.eval_points)})
+
+    result = RunResult(config=config, status="done")
+    running = torch.zeros(2 + len(objective.names), device=dev)  # loss, task, terms: summed between logs
+    n_running, perm, pos = 0, None, len(idx)
+    bar = _progress(recipe.steps, config, progress)
+    for step in range(1, recipe.steps + 1):
+        if pos + batch > len(idx):
+            perm, pos = idx[torch.randperm(len(idx), generator=gen["order"], device=dev)], 0
+        b = perm[pos:pos + batch]
+        pos += batch
+        xb, yb = x_pool[b], y_pool[b]
+        if recipe.augment and xb.dim() == 4:
+            xb = _augment(xb, gen["augment"])
+        out = objective(model, xb, yb, generator=gen["projection"])
+        loss = out.loss + recipe.weight_decay * _weight_penalty(model) if recipe.weight_decay else out.loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += torch.stack([loss.detach(), out.task.detach(), *(t.detach() for t in out.terms.values())])
+        n_running += 1
+        if step in eval_at or step % 100 == 0:
+            avg = dict(zip(["loss", "task", *objective.names], (running / n_running).tolist()))
+            running.zero_()
+            n_running = 0
+            if not all(math.isfinite(v) for v in avg.values()):
+                result.status, result.error = "diverged", f"non-finite loss at step {step}"
+                break
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items()}, refresh=False)
+            if step in eval_at:
+                point = {"step": step, **{f"train_{k}": v for k, v in avg.items()}}
+                for split, xs, ys in (("dev", x_dev, y_dev), ("test", x_test, y_test)):
+                    if len(xs):
+                        point.update({f"{split}_{k}": v for k, v in
+                                      evaluate(model, xs, ys, ds.task, recipe.eval_batch_size).items()})
+                result.curve.append(point)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    result.metrics["steps"] = step
+    result.metrics["weight_sq_norm"] = float(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
+    if result.status == "done" and result.curve:
+        result.metrics.update({k: v for k, v in result.curve[-1].items() if k != "step"})
+        train_eval = evaluate(model, x_pool[idx], y_pool[idx], ds.task, recipe.eval_batch_size)
+        result.metrics.update({f"train_{k}": v for k, v in train_eval.items() if k != "loss"})
+        if ds.task == "regression":
+            with torch.inference_mode():
+                model.eval()
+                result.extras["test_pred"] = model(x_test).flatten().cpu().tolist()
+                result.extras["train_x"] = x_pool[idx].flatten().cpu().tolist()
+                result.extras["train_y"] = y_pool[idx].flatten().cpu().tolist()
+    result.seconds = time.perf_counter() - start
+    if keep_model:
+        result.extras["model"] = model
+    return result
+
+
+def _progress(total: int, config: RunConfig, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    terms = ",".join(f"{n}={w:g}" for n, w in config.terms) or "plain"
+    return tqdm(total=total, desc=f"{config.dataset} {terms} seed={config.seed}", unit="step",
+                dynamic_ncols=True, leave=False, mininterval=0.5)
