@@ -28,6 +28,8 @@ __all__ = ["RunConfig", "RunResult", "train", "resolve_device", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet",
                  "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet", "sin": "mlp", "sin2": "mlp"}
+# Datasets whose paper setup fixes the training-set size (SIN: 100 points, 6.1.3); others use the pool.
+DEFAULT_TRAIN_SIZE = {"sin": 100, "sin2": 100}
 _STREAMS = {"subset": 1, "init": 2, "order": 3, "projection": 4, "augment": 5}
 
 
@@ -36,7 +38,7 @@ class RunConfig:
     """Everything that determines a run's result (not where its data lies or which device runs it)."""
 
     dataset: str = "digits"
-    train_size: int | None = None          # points drawn from the pool; None: the whole pool
+    train_size: int | None = None          # points drawn from the pool; None: DEFAULT_TRAIN_SIZE or the pool
     model: str | None = None               # None: the dataset's model (DEFAULT_MODEL)
     batchnorm: bool = False
     recipe: str | None = None              # None: the dataset's recipe (recipes.DEFAULT_RECIPE)
@@ -51,6 +53,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", tuple(sorted((str(k), v) for k, v in dict(self.overrides).items())))
         object.__setattr__(self, "terms", tuple((str(n), float(w)) for n, w in self.terms))
+        if self.train_size is None:
+            object.__setattr__(self, "train_size", DEFAULT_TRAIN_SIZE.get(self.dataset))
         if self.weight_convention not in ("paper", "gradreg"):
             raise ValueError(f"weight_convention must be 'paper' or 'gradreg', got {self.weight_convention!r}")
         if self.dataset not in data_mod.DATASETS:

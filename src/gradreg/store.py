@@ -1,0 +1,386 @@
+"""The results database: one SQLite file (WAL mode) holding every run's config, status and metrics.
+
+Why SQLite: a sweep is many short writes from a few processes on one machine, and the results must
+survive a crash or ``kill -9`` half way through. SQLite gives atomic claims (``BEGIN IMMEDIATE``), a
+single file to copy around, and needs nothing beyond the standard library. WAL mode lets readers
+(a notebook plotting results) work while a sweep writes.
+
+A run's life: :meth:`ResultStore.claim` inserts a ``running`` row owned by the calling worker, the
+worker sends :meth:`~ResultStore.heartbeat` while training, then :meth:`~ResultStore.finish` stores
+the result (``done``/``diverged``) or :meth:`~ResultStore.fail` stores the traceback (``failed``).
+A row left ``running`` by a worker that died (its pid is gone, or its heartbeat is stale) is taken
+over by the next claim, so an interrupted sweep resumes where it stopped.
+
+The file must live on a local disk: SQLite's locking (and WAL's shared memory) is unreliable on
+network filesystems. Spread runs over machines with the ray backend of :mod:`gradreg.sweep`, whose
+driver alone writes the store.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the store itself never needs torch: keep importing it cheap
+    from .train import RunConfig, RunResult
+
+__all__ = ["ResultStore", "STATUSES", "owner_id", "owner_alive", "runtime_versions", "to_json"]
+
+STATUSES = ("running", "done", "diverged", "failed")
+FINISHED = ("done", "diverged")
+DEFAULT_STALE_AFTER = 300.0
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    key       TEXT PRIMARY KEY,
+    config    TEXT NOT NULL,
+    status    TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+    metrics   TEXT,
+    curve     TEXT,
+    extras    TEXT,
+    error     TEXT,
+    seconds   REAL,
+    owner     TEXT,
+    heartbeat REAL,
+    started   REAL,
+    finished  REAL,
+    versions  TEXT,
+    device    TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+"""
+_COLUMNS = ("key", "config", "status", "metrics", "curve", "extras", "error", "seconds", "owner", "heartbeat",
+            "started", "finished", "versions", "device")
+_JSON_COLUMNS = ("config", "metrics", "curve", "extras", "versions")
+_MAX_SQL_VARIABLES = 500  # well below SQLite's lowest compiled-in limit (999)
+
+
+def owner_id() -> str:
+    """A fresh owner string ``host:pid:tag``.
+
+    Host and pid let a claim on the same machine see at once that the owner died; the random tag
+    keeps two owners in one process (or a recycled pid) apart.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:  # e.g. Windows, where signal 0 is not a probe: trust the heartbeat instead
+        return True
+    return True
+
+
+def owner_alive(owner: str | None, heartbeat: float | None, *, stale_after: float = DEFAULT_STALE_AFTER,
+                now: float | None = None) -> bool:
+    """Whether a ``running`` row's owner may still be working on it.
+
+    Dead: a heartbeat older than ``stale_after`` seconds (any host), or an owner on this host whose
+    pid no longer exists. An owner on another host with a fresh heartbeat is presumed alive, since
+    its pid cannot be checked from here.
+    """
+    now = time.time() if now is None else now
+    if heartbeat is None or now - heartbeat > stale_after:
+        return False
+    parts = (owner or "").rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True  # not one of ours: only the heartbeat can tell
+    host, pid = parts[0], int(parts[1])
+    if host == socket.gethostname() and os.name == "posix":
+        return _pid_alive(pid)
+    return True
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN/inf floats replaced by None and tensors/arrays turned into lists.
+
+    Diverged runs carry NaN metrics; strict JSON has no NaN, and SQLite's JSON functions (and most
+    readers) reject it, so a missing value is written as null.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return _finite(value.tolist())
+    if hasattr(value, "__float__"):
+        return _finite(float(value))
+    return repr(value)  # e.g. a model object in extras: keep a trace instead of failing the run
+
+
+def to_json(value: Any) -> str | None:
+    """Strict (finite-safe) JSON text for a database column; None stays SQL NULL."""
+    if value is None:
+        return None
+    return json.dumps(_finite(value), allow_nan=False, sort_keys=True)
+
+
+def _git_revision() -> str | None:
+    """The git commit of the gradreg source tree, when it is a checkout and git answers quickly."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=2.0, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if out.returncode == 0 and rev else None
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_versions() -> dict[str, str | None]:
+    """Python, torch and gradreg versions and the git revision, to tell which code produced a row.
+
+    Read from package metadata, so recording them does not import torch; cached per process.
+    """
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "torch": version("torch"),
+            "gradreg": version("gradreg"), "git": _git_revision()}
+
+
+class ResultStore:
+    """Runs keyed by ``RunConfig.key()`` in one SQLite file, safe to share between processes.
+
+    Every write is one short transaction; claims use ``BEGIN IMMEDIATE`` (the write lock is taken
+    before the row is read) so two processes can never both claim a run. ``timeout`` is SQLite's
+    busy timeout: how long a writer waits for another one's lock before giving up. One object may be
+    used from several threads (a worker and its heartbeat thread); calls are serialized.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0,
+                 stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.stale_after = float(stale_after)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: no implicit transactions; each method opens and ends its own.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
+        with self._transaction() as conn:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"ResultStore({str(self.path)!r}) is closed")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its first statement."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    # -- the run life cycle ---------------------------------------------------------------------
+
+    def claim(self, config: "RunConfig", owner: str, *, retry_failed: bool = False) -> bool:
+        """Mark ``config``'s run as ``running`` by ``owner``; True when the caller should train it.
+
+        False when the run is finished (done/diverged), failed (unless ``retry_failed``), or running
+        under another owner that is still alive (see :func:`owner_alive`). A dead owner's row is
+        taken over, which is how a sweep resumes after a crash.
+        """
+        key, now = config.key(), time.time()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT status, owner, heartbeat FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                status, old_owner, beat = row
+                if status in FINISHED or (status == "failed" and not retry_failed):
+                    return False
+                if status == "running" and owner_alive(old_owner, beat, stale_after=self.stale_after, now=now):
+                    return False
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (key, config, status, owner, heartbeat, started, versions) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                (key, to_json(config.to_dict()), owner, now, now, to_json(runtime_versions())))
+        return True
+
+    def heartbeat(self, key: str, owner: str) -> bool:
+        """Refresh a running row's heartbeat; False when ``owner`` no longer holds it."""
+        with self._transaction() as conn:
+            cur = conn.execute("UPDATE runs SET heartbeat = ? WHERE key = ? AND owner = ? AND status = 'running'",
+                               (time.time(), key, owner))
+        return cur.rowcount == 1
+
+    def finish(self, result: "RunResult", owner: str, device: str | None = None, *,
+               versions: dict[str, Any] | None = None) -> bool:
+        """Store a trained run's result. Refuses (False) when ``owner`` no longer holds the row.
+
+        A refused write means the owner was presumed dead (e.g. its heartbeat stalled) and another
+        worker took the run over; that worker's result will be stored instead. ``versions`` records
+        where the run was trained when that is not this process (the ray backend's workers).
+        """
+        if result.status not in FINISHED:
+            raise ValueError(f"result status must be one of {', '.join(FINISHED)}, got {result.status!r}")
+        key, now = result.config.key(), time.time()
+        with self._transaction() as conn:
+            if not self._owns(conn, key, owner):
+                return False
+            conn.execute(
+                "UPDATE runs SET config = ?, status = ?, metrics = ?, curve = ?, extras = ?, error = ?, "
+                "seconds = ?, heartbeat = ?, finished = ?, versions = ?, device = ? WHERE key = ?",
+                (to_json(result.config.to_dict()), result.status, to_json(result.metrics), to_json(result.curve),
+                 to_json(result.extras), result.error, float(result.seconds), now, now,
+                 to_json(versions if versions is not None else runtime_versions()), device, key))
+        return True
+
+    def fail(self, config: "RunConfig", owner: str, error: str, *, seconds: float | None = None,
+             device: str | None = None) -> bool:
+        """Record that ``owner``'s run raised (``error``: the traceback text); False if not its row."""
+        key, now = config.key(), time.time()
+        with self._transaction() as conn:
+            if not self._owns(conn, key, owner):
+                return False
+            conn.execute("UPDATE runs SET status = 'failed', error = ?, seconds = ?, heartbeat = ?, finished = ?, "
+                         "device = ? WHERE key = ?", (str(error), seconds, now, now, device, key))
+        return True
+
+    def release(self, key: str, owner: str) -> bool:
+        """Delete ``owner``'s own running row (a clean interruption: the run was never finished)."""
+        with self._transaction() as conn:
+            cur = conn.execute("DELETE FROM runs WHERE key = ? AND owner = ? AND status = 'running'", (key, owner))
+        return cur.rowcount == 1
+
+    def release_dead(self, keys: Iterable[str] | None = None) -> int:
+        """Delete running rows (among ``keys``, default all) whose owner is dead; returns how many.
+
+        Claims take such rows over anyway; this only makes :meth:`counts` honest after a sweep
+        stopped its workers the hard way.
+        """
+        with self._transaction() as conn:
+            dead = [key for key, owner, beat in self._select(conn, "key, owner, heartbeat", keys, ("running",))
+                    if not owner_alive(owner, beat, stale_after=self.stale_after)]
+            for key in dead:
+                conn.execute("DELETE FROM runs WHERE key = ? AND status = 'running'", (key,))
+        return len(dead)
+
+    @staticmethod
+    def _owns(conn: sqlite3.Connection, key: str, owner: str) -> bool:
+        row = conn.execute("SELECT status, owner FROM runs WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "running" and row[1] == owner
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, columns: str, keys: Iterable[str] | None,
+                status: Sequence[str] | None) -> list[tuple]:
+        """``SELECT columns`` filtered by keys and statuses, chunked to respect SQLite's variable limit."""
+        where, params = [], []
+        if status is not None:
+            where.append(f"status IN ({', '.join('?' * len(status))})")
+            params.extend(status)
+        if keys is None:
+            sql = f"SELECT {columns} FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY rowid"
+            return conn.execute(sql, params).fetchall()
+        keys = list(dict.fromkeys(keys))
+        out: list[tuple] = []
+        for i in range(0, len(keys), _MAX_SQL_VARIABLES):
+            chunk = keys[i:i + _MAX_SQL_VARIABLES]
+            clause = " AND ".join([*where, f"key IN ({', '.join('?' * len(chunk))})"])
+            out.extend(conn.execute(f"SELECT {columns} FROM runs WHERE {clause} ORDER BY rowid",
+                                    [*params, *chunk]).fetchall())
+        return out
+
+    @staticmethod
+    def _statuses(status: str | Iterable[str] | None) -> tuple[str, ...] | None:
+        if status is None:
+            return None
+        wanted = (status,) if isinstance(status, str) else tuple(status)
+        unknown = sorted(set(wanted) - set(STATUSES))
+        if unknown:
+            raise ValueError(f"unknown status {', '.join(map(repr, unknown))}; valid: {', '.join(STATUSES)}")
+        return wanted
+
+    @staticmethod
+    def _decode(row: tuple) -> dict[str, Any]:
+        d = dict(zip(_COLUMNS, row))
+        for name in _JSON_COLUMNS:
+            if d.get(name) is not None:
+                d[name] = json.loads(d[name])
+        return d
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The row of run ``key`` with JSON columns decoded (``config`` as a dict), or None."""
+        with self._lock:
+            row = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else self._decode(row)
+
+    def rows(self, keys: Iterable[str] | None = None, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Decoded rows, optionally only those of ``keys`` and/or with ``status`` (one or several)."""
+        wanted = self._statuses(status)
+        with self._lock:
+            found = self._select(self.conn, ", ".join(_COLUMNS), keys, wanted)
+        return [self._decode(row) for row in found]
+
+    def statuses(self, keys: Iterable[str] | None = None) -> dict[str, str]:
+        """``{key: status}`` without decoding metrics or curves: the cheap check a sweep starts with."""
+        with self._lock:
+            return dict(self._select(self.conn, "key, status", keys, None))
+
+    def counts(self) -> dict[str, int]:
+        """Number of rows per status (every status listed, zeros included)."""
+        with self._lock:
+            found = dict(self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        return {s: int(found.get(s, 0)) for s in STATUSES}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])

@@ -1,0 +1,381 @@
+"""Run many :class:`~gradreg.train.RunConfig` s into a :class:`~gradreg.store.ResultStore`.
+
+A sweep is restartable by construction: every run is claimed in the store before it trains and
+written there as soon as it ends, so stopping a sweep (Ctrl-C, ``kill -9``, a lost node) loses at
+most the runs in flight, and running the same sweep again trains only what is missing. Two sweeps
+may share one database: claims are atomic, so no run is trained twice.
+
+Backends:
+
+* ``"local"``: ``workers`` processes on this machine (in this process when ``workers == 1``).
+* ``"ray"``: one ray task per run, on a local ray instance or the cluster at ``address``. Tasks
+  return their results to this process (the driver), which alone reads and writes the store, so the
+  cluster needs no shared filesystem; it needs the same gradreg and torch installed on every node.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .store import ResultStore, owner_id, runtime_versions
+from .train import RunConfig, RunResult, resolve_device, train
+
+__all__ = ["BACKENDS", "SweepSummary", "default_workers", "run_sweep"]
+
+BACKENDS = ("local", "ray")
+HEARTBEAT_SECONDS = 30.0  # a tenth of the store's default stale_after: a few missed beats are harmless
+OUTCOMES = ("done", "diverged", "failed", "busy")
+
+
+@dataclass
+class SweepSummary:
+    """What one :func:`run_sweep` call did.
+
+    ``total``: distinct runs asked for (configs with equal keys count once); ``skipped``: already in
+    the store as done or diverged (or failed, unless ``retry_failed``); ``busy``: claimed by another
+    live sweep at the time, so left to it; ``done``/``diverged``/``failed``: trained by this call.
+    """
+
+    total: int = 0
+    skipped: int = 0
+    done: int = 0
+    diverged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    busy: int = 0
+
+
+def default_workers(device: str = "auto") -> int:
+    """A good ``workers`` for this machine: one per CPU core on CPU, 1 on CUDA.
+
+    Small models (LeNet-sized) do not keep several threads busy, so single-thread processes, one per
+    core, beat one multi-thread process (measured: two single-thread workers beat one two-thread
+    process on two cores). One GPU is best fed by a single process.
+    """
+    if resolve_device(device).type == "cuda":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # the cores this process may use (containers)
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- one run, in whichever process trains it ------------------------------------------------------
+
+_DATASETS: dict[tuple[str, str | None], Any] = {}
+
+
+def _dataset(name: str, data_dir: str | os.PathLike | None) -> Any:
+    """The dataset, loaded once per process (loading MNIST takes seconds; a sweep runs it hundreds of times)."""
+    from .data import load_dataset
+
+    cache_key = (name, None if data_dir is None else os.fspath(data_dir))
+    if cache_key not in _DATASETS:
+        _DATASETS[cache_key] = load_dataset(name, data_dir)
+    return _DATASETS[cache_key]
+
+
+class _Heartbeat:
+    """A daemon thread refreshing the heartbeat of the rows an owner holds, so they are not taken over."""
+
+    def __init__(self, store: ResultStore, owner: str, interval: float | None = None) -> None:
+        self.store, self.owner = store, owner
+        self.interval = HEARTBEAT_SECONDS if interval is None else interval
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="gradreg-heartbeat", daemon=True)
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._keys.add(key)
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._keys.discard(key)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                keys = list(self._keys)
+            for key in keys:
+                try:
+                    self.store.heartbeat(key, self.owner)
+                except Exception:  # a locked or closed database must not kill the run; retry next beat
+                    pass
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _run_one(store: ResultStore, config: RunConfig, owner: str, *, data_dir: Any, device: str,
+             retry_failed: bool, progress: bool) -> str:
+    """Claim, train and store one run; returns its outcome (one of ``OUTCOMES``).
+
+    Any exception from training is recorded as ``failed`` with its traceback so the sweep goes on;
+    an interruption (Ctrl-C) deletes the run's row again, since nothing of it was finished.
+    """
+    if not store.claim(config, owner, retry_failed=retry_failed):
+        return "busy"
+    key, start = config.key(), time.perf_counter()
+    where = str(resolve_device(device))
+    try:
+        with _Heartbeat(store, owner) as beat:
+            beat.add(key)
+            result = train(config, dataset=_dataset(config.dataset, data_dir), data_dir=data_dir,
+                           device=device, progress=progress)
+    except Exception:
+        store.fail(config, owner, traceback.format_exc(), seconds=time.perf_counter() - start, device=where)
+        return "failed"
+    except BaseException:  # KeyboardInterrupt, SystemExit
+        store.release(key, owner)
+        raise
+    return result.status if store.finish(result, owner, device=where) else "busy"
+
+
+# -- local process pool -------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int) -> None:
+    """Pool worker setup: torch's thread count, and Ctrl-C left to the parent (which stops the pool)."""
+    import signal
+
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pool_task(config: RunConfig, db_path: str, data_dir: Any, device: str, retry_failed: bool) -> tuple[str, str]:
+    """One run in a pool worker; the store connection and owner id live as long as the worker."""
+    if _WORKER.get("path") != db_path:
+        _WORKER.update(path=db_path, store=ResultStore(db_path), owner=owner_id())
+    outcome = _run_one(_WORKER["store"], config, _WORKER["owner"], data_dir=data_dir, device=device,
+                       retry_failed=retry_failed, progress=False)
+    return config.key(), outcome
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued runs and end the workers now, not after their current run finishes."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+
+
+def _run_local_pool(todo: list[RunConfig], db_path: str, record: Callable[[str, str], None], *, workers: int,
+                    threads: int, data_dir: Any, device: str, retry_failed: bool) -> None:
+    import multiprocessing
+
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))
+    try:
+        pending: set[Future] = {pool.submit(_pool_task, c, db_path, data_dir, device, retry_failed) for c in todo}
+        configs = {f: c for f, c in zip(pending, todo)} if False else None  # noqa: F841 (kept simple)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                key, outcome = fut.result()  # _run_one turns training errors into "failed" itself
+                record(key, outcome)
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+# -- ray ------------------------------------------------------------------------------------------
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("the ray backend needs ray: pip install 'gradreg[ray]'") from exc
+    return ray
+
+
+def _ray_train(config: dict[str, Any], data_dir: Any, device: str, threads: int) -> dict[str, Any]:
+    """A ray task: train one run and return plain data (the driver stores it), errors included."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    out: dict[str, Any] = {"versions": runtime_versions(), "device": None}
+    try:
+        run = RunConfig.from_dict(config)
+        out["device"] = str(resolve_device(device))
+        out["result"] = train(run, dataset=_dataset(run.dataset, data_dir), data_dir=data_dir, device=device,
+                              progress=False).to_dict()
+    except Exception:
+        out["error"] = traceback.format_exc()
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _result_from_dict(d: dict[str, Any]) -> RunResult:
+    return RunResult(config=RunConfig.from_dict(d["config"]), status=d["status"], metrics=d["metrics"],
+                     curve=d["curve"], extras=d["extras"], seconds=d["seconds"], error=d["error"])
+
+
+def _run_ray(todo: list[RunConfig], store: ResultStore, record: Callable[[str, str], None], *, workers: int,
+             threads: int, address: str | None, data_dir: Any, device: str, retry_failed: bool) -> None:
+    """Keep ``workers`` ray tasks in flight; the driver claims each run just before submitting it.
+
+    Claiming lazily (not all runs up front) leaves the rest to another sweep on the same database
+    and keeps the driver's heartbeat to a handful of rows. Results are stored the moment
+    ``ray.wait`` returns them, so killing the driver loses only the runs in flight.
+    """
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = address is None
+        ray.init(address=address, num_cpus=workers * threads if local else None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    owner = owner_id()
+    in_flight: dict[Any, RunConfig] = {}
+    try:
+        if str(device) == "auto":
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        else:
+            gpus = 1 if resolve_device(device).type == "cuda" else 0
+        task = ray.remote(_ray_train).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
+        queue: Iterator[RunConfig] = iter(todo)
+        with _Heartbeat(store, owner) as beat:
+            while True:
+                while len(in_flight) < workers:
+                    config = next(queue, None)
+                    if config is None:
+                        break
+                    if not store.claim(config, owner, retry_failed=retry_failed):
+                        record(config.key(), "busy")
+                        continue
+                    beat.add(config.key())
+                    in_flight[task.remote(config.to_dict(), data_dir, device, threads)] = config
+                if not in_flight:
+                    break
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    config = in_flight.pop(ref)
+                    record(config.key(), _store_ray_result(ray, ref, config, store, owner))
+                    beat.discard(config.key())
+    except BaseException:
+        for ref, config in in_flight.items():
+            ray.cancel(ref, force=True)
+            store.release(config.key(), owner)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _store_ray_result(ray: Any, ref: Any, config: RunConfig, store: ResultStore, owner: str) -> str:
+    try:
+        out = ray.get(ref)
+    except Exception:  # the task itself died (worker crash, out of memory): a failed run, not a failed sweep
+        store.fail(config, owner, traceback.format_exc())
+        return "failed"
+    if "error" in out:
+        store.fail(config, owner, out["error"], seconds=out["seconds"], device=out["device"])
+        return "failed"
+    result = _result_from_dict(out["result"])
+    return result.status if store.finish(result, owner, device=out["device"], versions=out["versions"]) else "busy"
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+
+def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig]:
+    """Configs as RunConfig objects, de-duplicated by key (first occurrence kept, order preserved)."""
+    unique: dict[str, RunConfig] = {}
+    for c in configs:
+        if isinstance(c, dict):
+            c = RunConfig.from_dict(c)
+        elif not isinstance(c, RunConfig):
+            raise TypeError(f"configs must be RunConfig objects or dicts, got {type(c).__name__}")
+        unique.setdefault(c.key(), c)
+    return list(unique.values())
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True, position=0)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.PathLike, *, workers: int = 1,
+              threads: int = 1, backend: str = "local", address: str | None = None, data_dir: Any = None,
+              device: str = "auto", retry_failed: bool = False, progress: bool = True) -> SweepSummary:
+    """Train every config not yet finished in the store at ``db_path``; returns what was done.
+
+    ``workers``: runs trained at once (see :func:`default_workers`); ``threads``: torch threads per
+    run (the in-process ``workers == 1`` case leaves torch's setting alone). ``address``: the ray
+    cluster (None starts a local instance with ``workers * threads`` CPUs). ``retry_failed``: train
+    runs recorded as failed again. A run that raises is recorded as failed and the sweep goes on;
+    Ctrl-C removes the interrupted runs' rows and re-raises.
+    """
+    start = time.perf_counter()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+    if backend == "ray":
+        _import_ray()  # fail before touching the store
+    todo = _as_configs(configs)
+    summary = SweepSummary(total=len(todo))
+    db_path = os.fspath(db_path)
+    with ResultStore(db_path) as store:
+        known = store.statuses([c.key() for c in todo])
+        finished = {"done", "diverged"} | (set() if retry_failed else {"failed"})
+        todo = [c for c in todo if known.get(c.key()) not in finished]
+        summary.skipped = summary.total - len(todo)
+        with _progress_bar(len(todo), progress and bool(todo)) as bar:
+
+            def record(key: str, outcome: str) -> None:
+                setattr(summary, outcome, getattr(summary, outcome) + 1)
+                if bar is not None:
+                    bar.set_postfix(done=summary.done, diverged=summary.diverged, failed=summary.failed,
+                                    refresh=False)
+                    bar.update(1)
+
+            if not todo:
+                pass
+            elif backend == "ray":
+                _run_ray(todo, store, record, workers=workers, threads=threads, address=address,
+                         data_dir=data_dir, device=device, retry_failed=retry_failed)
+            elif workers == 1:
+                owner = owner_id()
+                for config in todo:
+                    record(config.key(), _run_one(store, config, owner, data_dir=data_dir, device=device,
+                                                  retry_failed=retry_failed, progress=progress))
+            else:
+                _run_local_pool(todo, db_path, record, workers=workers, threads=threads, data_dir=data_dir,
+                                device=device, retry_failed=retry_failed)
+    summary.seconds = time.perf_counter() - start
+    return summary
