@@ -367,3 +367,20 @@ def test_bad_shapes_and_labels():
 def test_label_free_terms_take_unlabeled_inputs(name):
     net, x, _ = make("mlp")
     assert call(name, net, x, None).shape == (B,)
+
+
+# CUDA joins where present (the GPU machine runs this file too); CPU always runs.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_on_device_matches_exact(device, name, strategy):
+    """Same values on every device; random draws come from a CPU generator so they are comparable."""
+    net, x, y = make("convnet_bn")
+    want = exact_value(name, net, x, y, "sample", seed=3)
+    opts = {"strategy": strategy} if name in ("frobreg", "jacreg") else {}
+    got = call(name, net.to(device), x.to(device), y.to(device), seed=3, **opts)
+    assert got.device.type == device
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-12)

@@ -108,6 +108,139 @@ def demo(seeds: int = typer.Option(3, min=1, help="runs per setting (different t
         typer.echo(f"{name:30s} {statistics.mean(values):15.2f} ({std:.2f})")
 
 
+def _experiment(name: str):
+    from .experiments import get_experiment
+    try:
+        return get_experiment(name)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path):
+    """The runs of one sweep phase; 'selected' needs phase 1 (the grid on dev seeds) in ``db``."""
+    if lambdas in ("paper", "grid"):
+        return exp.plan(lambdas=lambdas, seeds=seeds, smoke=smoke)
+    if lambdas == "selected":
+        from .report import select_lambdas
+        from .store import ResultStore
+        with ResultStore(db) as store:
+            try:
+                best = select_lambdas(exp, store, seeds=seeds)
+            except ValueError as e:
+                _fail(str(e))
+        typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
+        return exp.select_plan(best, seeds=seeds, smoke=smoke)
+    _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
+
+
+LAMBDAS_HELP = ("paper: each cell at the paper's reported λ; grid: phase 1 of the λ selection (every grid λ "
+                "on dev seeds); selected: phase 2 (the λ with the best mean dev metric, on test seeds)")
+
+
+@app.command()
+def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
+                seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)")):
+    """List the named experiments (the paper's tables and figures) with their size and cost."""
+    from .experiments import EXPERIMENTS
+
+    typer.echo(f"{'name':26s} {'runs':>6s} {'est. CPU h':>10s}  title")
+    for name, exp in EXPERIMENTS.items():
+        mode = "paper" if lambdas == "selected" else lambdas
+        n = len(exp.runs(lambdas=mode, seeds=seeds))
+        hours = exp.estimated_cost(mode, seeds=seeds) / 3600
+        typer.echo(f"{name:26s} {n:6d} {hours:10.1f}  {exp.title} ({exp.source})")
+    typer.echo("\nCost: rough single-core CPU hours from per-step timings of this project's 2-core machine.")
+
+
+@app.command()
+def sweep(
+    experiment: str = typer.Argument(..., help="a name from `gradreg experiments`"),
+    lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
+    seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
+    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
+    threads: int = typer.Option(1, help="torch threads per run"),
+    backend: str = typer.Option("local", help="local or ray"),
+    address: Optional[str] = typer.Option(None, help="ray cluster address (default: start a local one)"),
+    data_dir: Optional[Path] = typer.Option(None, envvar="GRADREG_DATA_DIR", help="where dataset files lie"),
+    device: str = typer.Option("auto"),
+    retry_failed: bool = typer.Option(False, help="train runs recorded as failed again"),
+    smoke: bool = typer.Option(False, help="a few steps per run, one seed: checks the whole pipeline"),
+    progress: bool = typer.Option(True),
+):
+    """Run an experiment's runs into the database, skipping those already there (resumable)."""
+    from .sweep import default_workers, run_sweep
+
+    exp = _experiment(experiment)
+    plan = _plan(exp, lambdas, seeds, smoke, db)
+    n_workers = workers or default_workers(device)
+    typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
+    try:
+        summary = run_sweep([p.config for p in plan], db, workers=n_workers, threads=threads, backend=backend,
+                            address=address, data_dir=data_dir, device=device, retry_failed=retry_failed,
+                            progress=progress)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"{summary.total} runs: {summary.skipped} already in the database, {summary.done} done, "
+               f"{summary.diverged} diverged, {summary.failed} failed, {summary.busy} left to another "
+               f"sweep, in {summary.seconds:.0f}s")
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
+def report(
+    experiment: str = typer.Argument(...),
+    lambdas: str = typer.Option("paper", help="paper or selected (the λ chosen on the dev set)"),
+    seeds: Optional[int] = typer.Option(None),
+    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
+    smoke: bool = typer.Option(False, help="report a --smoke sweep"),
+):
+    """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
+    from .report import collect, markdown_table, write_csv
+    from .store import ResultStore
+
+    exp = _experiment(experiment)
+    if not db.exists():
+        _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
+    with ResultStore(db) as store:
+        try:
+            stats = collect(exp, store, lambdas=lambdas, seeds=seeds, smoke=smoke)
+        except ValueError as e:
+            _fail(str(e))
+    text = markdown_table(exp, stats)
+    typer.echo(text)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
+    if csv:
+        write_csv(exp, stats, csv)
+
+
+@app.command()
+def plot(
+    experiment: str = typer.Argument(...),
+    lambdas: str = typer.Option("paper", help="paper or selected"),
+    seeds: Optional[int] = typer.Option(None),
+    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
+):
+    """Draw an experiment's figure (PNG and SVG) from the database."""
+    from .plots import plot_experiment
+    from .store import ResultStore
+
+    exp = _experiment(experiment)
+    if not db.exists():
+        _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
+    with ResultStore(db) as store:
+        try:
+            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds)
+        except ValueError as e:
+            _fail(str(e))
+    typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
 def main() -> None:  # console script entry point
     try:
         app()

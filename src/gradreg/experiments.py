@@ -253,7 +253,9 @@ class Experiment:
 
 def _smoke(config: RunConfig) -> RunConfig:
     size = min(config.train_size or 100, 100)
-    overrides = dict(config.overrides) | {"steps": 5, "eval_points": 1}
+    # Small batches too: a smoke step of the CIFAR ResNet at batch 128 costs seconds on a CPU.
+    batch = min(config.resolved_recipe().batch_size, 16)
+    overrides = dict(config.overrides) | {"steps": 5, "eval_points": 1, "batch_size": batch}
     return dataclasses.replace(config, train_size=size, overrides=tuple(overrides.items()), max_eval=100)
 
 
@@ -319,13 +321,13 @@ def _reg(row: str, column: str, config: RunConfig, term: str, lam: float | None,
 
 
 def _sweep(row: str, config: RunConfig, term: str, values: dict[float, float | None], *,
-           scale: float = 1.0, std=None, metric: str = "test_acc", zero_row: str | None = None) -> list[Cell]:
+           scale: float = 1.0, std=None, metric: str = "test_acc") -> list[Cell]:
     """One series over λ (columns "λ" as %g): λ = 0 is the baseline cell, λ > 0 the term at that λ."""
     cells = []
     for lam, value in values.items():
         paper = None if value is None else (value * scale, std)
         if lam == 0:
-            cells.append(_base(zero_row or row, "0", config, paper, metric=metric))
+            cells.append(_base(row, "0", config, paper, metric=metric))
         else:
             cells.append(_reg(row, f"{lam:g}", config, term, lam, paper, tuned=False, metric=metric))
     return cells

@@ -363,7 +363,8 @@ class ResultStore:
             row = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE key = ?", (key,)).fetchone()
         return None if row is None else self._decode(row)
 
-    def rows(self, keys: Iterable[str] | None = None, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def rows(self, keys: Iterable[str] | None = None,
+             status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Decoded rows, optionally only those of ``keys`` and/or with ``status`` (one or several)."""
         wanted = self._statuses(status)
         with self._lock:

@@ -20,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,8 @@ def _init_worker(threads: int) -> None:
 def _pool_task(config: RunConfig, db_path: str, data_dir: Any, device: str, retry_failed: bool) -> tuple[str, str]:
     """One run in a pool worker; the store connection and owner id live as long as the worker."""
     if _WORKER.get("path") != db_path:
+        if "store" in _WORKER:
+            _WORKER["store"].close()
         _WORKER.update(path=db_path, store=ResultStore(db_path), owner=owner_id())
     outcome = _run_one(_WORKER["store"], config, _WORKER["owner"], data_dir=data_dir, device=device,
                        retry_failed=retry_failed, progress=False)
@@ -171,12 +174,13 @@ def _pool_task(config: RunConfig, db_path: str, data_dir: Any, device: str, retr
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
     """Cancel queued runs and end the workers now, not after their current run finishes."""
-    pool.shutdown(wait=False, cancel_futures=True)
     terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
         terminate()
         return
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
@@ -184,22 +188,29 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         proc.join(timeout=10)
 
 
-def _run_local_pool(todo: list[RunConfig], db_path: str, record: Callable[[str, str], None], *, workers: int,
-                    threads: int, data_dir: Any, device: str, retry_failed: bool) -> None:
+def _run_local_pool(todo: list[RunConfig], store: ResultStore, record: Callable[[str, str], None], *,
+                    workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool) -> None:
+    """Train ``todo`` in ``workers`` spawned processes (spawn: safe with torch and CUDA, same on every OS)."""
     import multiprocessing
 
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
     try:
-        pending: set[Future] = {pool.submit(_pool_task, c, db_path, data_dir, device, retry_failed) for c in todo}
-        configs = {f: c for f, c in zip(pending, todo)} if False else None  # noqa: F841 (kept simple)
+        pending: set[Future] = {pool.submit(_pool_task, c, str(store.path), data_dir, device, retry_failed)
+                                for c in todo}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 key, outcome = fut.result()  # _run_one turns training errors into "failed" itself
                 record(key, outcome)
+    except BrokenProcessPool as exc:
+        _stop_pool(pool)
+        store.release_dead([c.key() for c in todo])
+        raise RuntimeError("a sweep worker process died abruptly (killed, out of memory, or a crash in native "
+                           "code); finished runs are stored: run the sweep again to resume") from exc
     except BaseException:
         _stop_pool(pool)
+        store.release_dead([c.key() for c in todo])  # the stopped workers' rows: nothing of them finished
         raise
     pool.shutdown(wait=True)
 
@@ -316,6 +327,19 @@ def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig
 
 
 @contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's thread count set to ``threads`` for an in-process sweep, then restored for the caller."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
@@ -335,10 +359,13 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     """Train every config not yet finished in the store at ``db_path``; returns what was done.
 
     ``workers``: runs trained at once (see :func:`default_workers`); ``threads``: torch threads per
-    run (the in-process ``workers == 1`` case leaves torch's setting alone). ``address``: the ray
+    run (in-process, ``workers == 1``, torch's setting is restored afterwards). ``address``: the ray
     cluster (None starts a local instance with ``workers * threads`` CPUs). ``retry_failed``: train
     runs recorded as failed again. A run that raises is recorded as failed and the sweep goes on;
     Ctrl-C removes the interrupted runs' rows and re-raises.
+
+    With ``workers > 1`` (local backend) the workers are spawned, so they import the caller's main
+    module: a script must call this under ``if __name__ == "__main__":``.
     """
     start = time.perf_counter()
     if backend not in BACKENDS:
@@ -349,7 +376,6 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         _import_ray()  # fail before touching the store
     todo = _as_configs(configs)
     summary = SweepSummary(total=len(todo))
-    db_path = os.fspath(db_path)
     with ResultStore(db_path) as store:
         known = store.statuses([c.key() for c in todo])
         finished = {"done", "diverged"} | (set() if retry_failed else {"failed"})
@@ -371,11 +397,12 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                          data_dir=data_dir, device=device, retry_failed=retry_failed)
             elif workers == 1:
                 owner = owner_id()
-                for config in todo:
-                    record(config.key(), _run_one(store, config, owner, data_dir=data_dir, device=device,
-                                                  retry_failed=retry_failed, progress=progress))
+                with _torch_threads(threads):
+                    for config in todo:
+                        record(config.key(), _run_one(store, config, owner, data_dir=data_dir, device=device,
+                                                      retry_failed=retry_failed, progress=progress))
             else:
-                _run_local_pool(todo, db_path, record, workers=workers, threads=threads, data_dir=data_dir,
+                _run_local_pool(todo, store, record, workers=workers, threads=threads, data_dir=data_dir,
                                 device=device, retry_failed=retry_failed)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -163,7 +163,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, task: str, batch_size: int)
         return {"mse": F.mse_loss(outs, y.reshape(outs.shape)).item()}
     res = {"acc": 100.0 * (outs.argmax(1) == y).float().mean().item(),
            "loss": F.cross_entropy(outs, y).item()}
-    if outs.shape[1] >= 100:
+    if outs.shape[1] > 5:  # top-5 means something from 6 classes on (the poster reports it for 200)
         res["top5"] = 100.0 * (outs.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
     return res
 

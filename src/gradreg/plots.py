@@ -1,0 +1,206 @@
+"""The paper's figures from the results store (matplotlib, saved as PNG and SVG).
+
+figure2: test accuracy against training-set size per method; figure3: learning curves; figure4:
+accuracy and squared weight norm against the DataGrad λ per weight decay; figure5/figure6 (and table7):
+SIN fits for several λ with the training points and the true function. Any other experiment gets a
+generic plot of its cells (ours with std error bars, the paper's values as open markers).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .experiments import Experiment
+from .report import CellStats, collect
+from .store import ResultStore
+
+__all__ = ["plot_experiment"]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty store draws no series: no empty legend box
+        ax.legend(**kw)
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+    return paths
+
+
+def _num(label: str) -> float | None:
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
+def _series(experiment: Experiment, stats: list[CellStats]):
+    """{row: [(x, stats)]} with numeric x from the column labels, sorted."""
+    out: dict[str, list[tuple[float, CellStats]]] = {}
+    for st in stats:
+        x = _num(st.cell.column)
+        if x is not None:
+            out.setdefault(st.cell.row, []).append((x, st))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items()}
+
+
+def _errorbar_series(ax, series, metric_scale: float = 1.0, with_paper: bool = True):
+    for i, (row, points) in enumerate(series.items()):
+        color = f"C{i}"
+        done = [(x, st) for x, st in points if st.n]
+        if done:
+            ax.errorbar([x for x, _ in done], [st.mean * metric_scale for _, st in done],
+                        yerr=[(0 if math.isnan(st.std) else st.std) * metric_scale for _, st in done],
+                        color=color, marker="o", capsize=3, label=f"{row} (ours)")
+        paper = [(x, st.cell.paper[0]) for x, st in points if st.cell.paper]
+        if with_paper and paper:
+            ax.plot([x for x, _ in paper], [v * metric_scale for _, v in paper], color=color, ls="--",
+                    marker="s", mfc="none", alpha=0.7, label=f"{row} (paper)")
+
+
+def _figure_sizes(experiment, stats, store, out_dir):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _errorbar_series(ax, _series(experiment, stats))
+    ax.set_xscale("log")
+    ax.set_xlabel("training-set size")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(experiment.title, fontsize=10)
+    _legend(ax, fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _figure_lambda_weight(experiment, stats, store, out_dir):
+    plt = _pyplot()
+    series = _series(experiment, stats)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (row, points) in enumerate(series.items()):
+        done = [(x, st) for x, st in points if st.n]
+        if not done:
+            continue
+        xs = [x for x, _ in done]
+        axes[0].errorbar(xs, [st.mean for _, st in done],
+                         yerr=[0 if math.isnan(st.std) else st.std for _, st in done],
+                         color=f"C{i}", marker="o", capsize=3, label=row)
+        axes[1].plot(xs, [sum(st.extra.get("weight_sq_norm", [math.nan])) / max(1, len(st.extra.get("weight_sq_norm", [])))
+                          for _, st in done], color=f"C{i}", marker="o", label=row)
+    for ax, ylabel in zip(axes, ("test accuracy (%)", "squared weight norm Σw²")):
+        ax.set_xscale("log")
+        ax.set_xlabel("DataGrad λ (paper convention)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    axes[1].set_yscale("log")
+    fig.suptitle(experiment.title, fontsize=10)
+    return fig
+
+
+def _figure_curves(experiment, stats, store, out_dir):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, cell in enumerate(experiment.cells):
+        lam = cell.lambda_for_paper_mode
+        keys = [cell.run(lam, s).key() for s in range(experiment.seeds)]
+        rows = [r for r in store.rows(keys=keys, status="done") if r.get("curve")]
+        for j, r in enumerate(rows):
+            steps = [p["step"] for p in r["curve"] if "test_acc" in p]
+            accs = [p["test_acc"] for p in r["curve"] if "test_acc" in p]
+            ax.plot(steps, accs, color=f"C{i}", alpha=0.8, label=cell.row if j == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(experiment.title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _legend(ax, fontsize=8)
+    return fig
+
+
+def _figure_sin(experiment, stats, store, out_dir, zoom: tuple[float, float] | None = None):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    grid = [-1 + 2 * i / 899 for i in range(900)]  # the SIN test grid (data.py)
+    plotted_train = False
+    for i, st in enumerate(stats):
+        key = st.cell.run(st.lam, 0).key()
+        row = store.get(key)
+        if not row or row["status"] != "done" or not (row.get("extras") or {}).get("test_pred"):
+            continue
+        ex = row["extras"]
+        lam = st.lam or 0.0
+        ax.plot(grid, ex["test_pred"], color=f"C{i}", lw=1.2, label=f"λ={lam:g}")
+        if not plotted_train:
+            ax.scatter(ex["train_x"], ex["train_y"], s=10, color="k", zorder=5, label="training points")
+            plotted_train = True
+    ax.plot(grid, [math.sin(5 * x) for x in grid], color="k", ls=":", lw=1.5, label="sin(5x)")
+    if zoom:
+        ax.set_xlim(*zoom)
+        ys = [math.sin(5 * x) for x in grid if zoom[0] <= x <= zoom[1]]
+        ax.set_ylim(min(ys) - 0.25, max(ys) + 0.25)
+    ax.set_xlabel("x")
+    ax.set_ylabel("network output")
+    ax.set_title(experiment.title + " (seed 0)", fontsize=10)
+    _legend(ax, fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _generic(experiment, stats, store, out_dir):
+    plt = _pyplot()
+    series = _series(experiment, stats)
+    metric = experiment.cells[0].metric
+    scale = 1e5 if metric.endswith("mse") else 1.0
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if series and all(len(v) > 1 for v in series.values()):
+        _errorbar_series(ax, series, scale)
+        xs = [x for pts in series.values() for x, _ in pts]
+        if min(xs) > 0 or any(x == 0 for x in xs):
+            ax.set_xscale("symlog", linthresh=min([x for x in xs if x > 0] or [1e-3]))
+        ax.set_xlabel("λ" if all(st.cell.term for st in stats if _num(st.cell.column) is not None) else "")
+    else:
+        labels = [f"{st.cell.row}\n{st.cell.column}" for st in stats]
+        xs = range(len(stats))
+        ax.errorbar(xs, [st.mean * scale if st.n else math.nan for st in stats],
+                    yerr=[0 if math.isnan(st.std) else st.std * scale for st in stats],
+                    fmt="o", capsize=3, label="ours")
+        ax.plot(xs, [st.cell.paper[0] * scale if st.cell.paper else math.nan for st in stats], "s",
+                mfc="none", label="paper")
+        ax.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right")
+    if metric.endswith("mse") and any(st.n and st.mean > 0 for st in stats):
+        ax.set_yscale("log")
+    ax.set_ylabel(metric + (" (1e-5)" if scale != 1 else ""))
+    ax.set_title(experiment.title, fontsize=10)
+    _legend(ax, fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | Path, *,
+                    lambdas: str = "paper", seeds: int | None = None) -> list[Path]:
+    """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written."""
+    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds)
+    name = experiment.name
+    if name == "figure2":
+        fig = _figure_sizes(experiment, stats, store, out_dir)
+    elif name == "figure3":
+        fig = _figure_curves(experiment, stats, store, out_dir)
+    elif name == "figure4":
+        fig = _figure_lambda_weight(experiment, stats, store, out_dir)
+    elif name == "figure6":
+        fig = _figure_sin(experiment, stats, store, out_dir, zoom=(0.1, 0.5))
+    elif name == "figure5":
+        fig = _figure_sin(experiment, stats, store, out_dir)
+    else:
+        fig = _generic(experiment, stats, store, out_dir)
+    paths = _save(fig, Path(out_dir), name)
+    _pyplot().close(fig)
+    return paths

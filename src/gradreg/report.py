@@ -1,0 +1,240 @@
+"""Tables from the results store: each cell mean (std) over n runs, the paper's value beside it.
+
+The paper's protocol (Section 6.2): a number is the mean (std) of 10 runs on different random training
+subsets; λ is chosen by the best mean *dev* metric over a grid (phase 1, dev seeds), then the chosen λ
+is run on fresh seeds and reported on the test set (phase 2). Significance against the column's
+baseline is Welch's t-test (unequal variances), Bonferroni-corrected over the table's comparisons, as
+Table 6 does. Nothing here ever looks at a test metric to choose anything.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from .experiments import Cell, Experiment, PlannedRun
+from .store import ResultStore
+
+__all__ = ["CellStats", "collect", "select_lambdas", "markdown_table", "write_csv", "dev_metric",
+           "higher_is_better", "welch_p"]
+
+ALPHA = 0.05
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.endswith("mse") and not metric.endswith("loss")
+
+
+def dev_metric(metric: str) -> str:
+    """The dev-set counterpart of a test metric (``test_acc`` -> ``dev_acc``); λ is chosen on it."""
+    return "dev_" + metric.split("_", 1)[1] if metric.startswith(("test_", "train_")) else metric
+
+
+@dataclass
+class CellStats:
+    cell: Cell
+    lam: float | None
+    values: list[float] = field(default_factory=list)   # the metric of every finished run
+    seeds: list[int] = field(default_factory=list)
+    diverged: int = 0
+    failed: int = 0
+    missing: int = 0                                      # planned but not (yet) in the store
+    extra: dict[str, list[float]] = field(default_factory=dict)  # other metrics, for plots
+    p_value: float | None = None                          # Welch vs the reference, Bonferroni-adjusted
+    delta: float | None = None                            # mean - reference mean
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        # Sample standard deviation (ddof=1), the usual reading of the paper's "(std)".
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value, None when either side has fewer than 2 runs."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of) -> dict[tuple[str, str], CellStats]:
+    plan = list(plan)
+    rows = {r["key"]: r for r in store.rows(keys=[p.config.key() for p in plan])}
+    out: dict[tuple[str, str], CellStats] = {}
+    for p in plan:
+        st = out.setdefault(p.cell.key, CellStats(cell=p.cell, lam=p.lam))
+        row = rows.get(p.config.key())
+        if row is None or row["status"] == "running":
+            st.missing += 1
+        elif row["status"] == "diverged":
+            st.diverged += 1
+        elif row["status"] == "failed":
+            st.failed += 1
+        else:
+            metrics = row["metrics"] or {}
+            value = metrics.get(metric_of(p.cell))
+            if value is None:
+                st.failed += 1
+                continue
+            st.values.append(float(value))
+            st.seeds.append(p.seed)
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    st.extra.setdefault(k, []).append(float(v))
+    return out
+
+
+def select_lambdas(experiment: Experiment, store: ResultStore, *, seeds: int | None = None,
+                   require_complete: bool = True) -> dict[tuple[str, str], float]:
+    """Phase 1's outcome: for each tuned cell, the grid λ with the best mean dev metric.
+
+    Diverged runs count as the worst possible value (a λ that diverges on some subsets is not chosen
+    over one that never does). ``require_complete``: refuse while grid runs are missing.
+    """
+    stats = _gather_grid(experiment, store, seeds)
+    best: dict[tuple[str, str], float] = {}
+    for cell in experiment.cells:
+        if not cell.tuned:
+            continue
+        sign = 1.0 if higher_is_better(cell.metric) else -1.0
+        scored = []
+        for lam in cell.grid:
+            st = stats[(cell.key, lam)]
+            if require_complete and (st.missing or st.failed):
+                raise ValueError(f"{experiment.name} {cell.key}: λ={lam:g} has {st.missing} missing and "
+                                 f"{st.failed} failed dev runs; run `gradreg sweep {experiment.name} --lambdas grid` first")
+            if not st.n:
+                continue
+            score = sign * st.mean if not st.diverged else -math.inf
+            scored.append((score, -lam, lam))  # ties: the smaller λ (less regularization)
+        if scored:
+            best[cell.key] = max(scored)[2]
+    return best
+
+
+def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
+    plan = experiment.plan(lambdas="grid", seeds=seeds)
+    by = {}
+    for lam_plan in {(p.cell.key, p.lam) for p in plan}:
+        sub = [p for p in plan if (p.cell.key, p.lam) == lam_plan]
+        by[lam_plan] = _gather(sub, store, lambda c: dev_metric(c.metric))[lam_plan[0]]
+    return by
+
+
+def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper",
+            seeds: int | None = None, smoke: bool = False) -> list[CellStats]:
+    """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ)."""
+    if lambdas == "paper":
+        plan = experiment.plan(seeds=seeds, smoke=smoke)
+    elif lambdas == "selected":
+        plan = experiment.select_plan(select_lambdas(experiment, store, seeds=seeds), seeds=seeds, smoke=smoke)
+    else:
+        raise ValueError(f"lambdas must be 'paper' or 'selected', got {lambdas!r}")
+    by_cell = _gather(plan, store, lambda c: c.metric)
+    stats = [by_cell[c.key] for c in experiment.cells]
+    comparisons = []
+    for st in stats:
+        ref_cell = experiment.reference(st.cell)
+        if ref_cell is None:
+            continue
+        ref = by_cell[ref_cell.key]
+        p = welch_p(st.values, ref.values)
+        if p is not None:
+            comparisons.append((st, p))
+            st.delta = st.mean - ref.mean
+    for st, p in comparisons:  # Bonferroni over the table's comparisons
+        st.p_value = min(1.0, p * len(comparisons))
+    return stats
+
+
+def _fmt(value: float | None, std: float | None, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    scale, digits = (1e5, 1) if metric.endswith("mse") else (1.0, 2)
+    s = f"{value * scale:.{digits}f}"
+    if std is not None and not math.isnan(std):
+        s += f" ({std * scale:.{digits}f})"
+    return s
+
+
+def _cell_text(st: CellStats) -> str:
+    metric = st.cell.metric
+    ours = _fmt(st.mean if st.n else None, st.std, metric)
+    text = f"{ours} n={st.n}"
+    if st.diverged:
+        text += f" div={st.diverged}"
+    if st.failed:
+        text += f" failed={st.failed}"
+    if st.missing:
+        text += f" missing={st.missing}"
+    if st.p_value is not None:
+        text += f" p={st.p_value:.2g}{'*' if st.significant else ''}"
+    paper = st.cell.paper
+    text += f" · paper {_fmt(paper[0], paper[1], metric) if paper else '–'}"
+    if st.lam is not None and st.cell.term:
+        text += f" · λ={st.lam:g}"
+    return text
+
+
+def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
+    """The experiment in the paper's layout: methods as rows, setups as columns."""
+    by = {st.cell.key: st for st in stats}
+    metric = experiment.cells[0].metric
+    unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
+    lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
+             f"Source: {experiment.source}. Cells: ours mean (std) over n runs · the paper's value. "
+             f"p: Welch's t-test against the column's baseline, Bonferroni-corrected over the table's "
+             f"comparisons; * marks p < {ALPHA}.", ""]
+    cols = experiment.columns
+    lines.append("| | " + " | ".join(cols) + " |")
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for row in experiment.rows:
+        cells = [(_cell_text(by[(row, c)]) if (row, c) in by else "") for c in cols]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "n", "mean", "std", "diverged",
+              "failed", "missing", "p_bonferroni", "delta", "paper_mean", "paper_std", "seeds"]
+
+
+def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
+    out = []
+    for st in stats:
+        paper = st.cell.paper or (None, None)
+        out.append({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
+                    "metric": st.cell.metric, "term": st.cell.term or "", "lambda": st.lam,
+                    "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
+                    "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
+                    "p_bonferroni": st.p_value, "delta": st.delta, "paper_mean": paper[0],
+                    "paper_std": paper[1], "seeds": " ".join(map(str, st.seeds))})
+    return out
+
+
+def write_csv(experiment: Experiment, stats: list[CellStats], path: str | Path | None = None) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(experiment, stats))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(buf.getvalue())
+    return buf.getvalue()

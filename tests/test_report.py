@@ -1,0 +1,197 @@
+"""Reports and plots from a results store: exact numbers on a hand-made store, and every experiment's
+smoke sweep end to end (tiny fixtures in the real file formats stand in for the image datasets)."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gradreg import sweep as sweep_mod
+from gradreg.cli import app
+from gradreg.data import load_dataset
+from gradreg.experiments import DEV_SEED_OFFSET, EXPERIMENTS, get_experiment
+from gradreg.plots import plot_experiment
+from gradreg.report import collect, markdown_table, select_lambdas, welch_p, write_csv
+from gradreg.store import ResultStore, owner_id
+from gradreg.train import RunResult
+
+from test_data import make_chunks, make_mnist
+
+
+def make_tinyimagenet(root, classes=6, per_class=40):
+    """The official TinyImageNet-200 layout with ``classes`` flat-colored classes of 64x64 JPEGs."""
+    from PIL import Image
+
+    wnids = [f"n{i:02d}" for i in range(classes)]
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for k, w in enumerate(wnids):
+        color = (40 * k % 256, 255 - 40 * k % 256, 90)
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (64, 64), color).save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
+        Image.new("RGB", (64, 64), color).save(root / "val" / "images" / f"val_{k}.JPEG")
+        lines.append(f"val_{k}.JPEG\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+def put(store, config, status="done", **metrics):
+    owner = owner_id()
+    assert store.claim(config, owner)
+    assert store.finish(RunResult(config=config, status=status, metrics=metrics), owner)
+
+
+@pytest.fixture
+def table4_store(tmp_path):
+    """table4 with made-up test accuracies: 3 seeds per cell, one diverged DataGrad run."""
+    exp = get_experiment("table4")
+    values = {}
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in exp.plan(seeds=3):
+            row, col = p.cell.key
+            base = {"NoGR": 97.0, "SpectReg": 97.5, "DataGrad": 98.0}[row] + (0.3 if col == "no WD" else 0.0)
+            acc = base + 0.1 * p.seed
+            if row == "DataGrad" and col == "no WD" and p.seed == 2:
+                put(store, p.config, status="diverged")
+                continue
+            put(store, p.config, test_acc=acc, dev_acc=acc)
+            values.setdefault(p.cell.key, []).append(acc)
+    return exp, tmp_path / "r.db", values
+
+
+def test_report_numbers_are_exact(table4_store):
+    exp, db, values = table4_store
+    with ResultStore(db) as store:
+        stats = {st.cell.key: st for st in collect(exp, store, seeds=3)}
+    spect = stats[("SpectReg", "WD=0.0005")]
+    assert spect.n == 3 and spect.values == pytest.approx([97.5, 97.6, 97.7])
+    assert spect.mean == pytest.approx(97.6) and spect.std == pytest.approx(0.1)
+    dg = stats[("DataGrad", "no WD")]
+    assert dg.n == 2 and dg.diverged == 1
+    # Welch against the column's baseline, Bonferroni over the table's 4 comparisons.
+    from scipy import stats as sps
+    raw = sps.ttest_ind(values[("SpectReg", "WD=0.0005")], values[("NoGR", "WD=0.0005")], equal_var=False).pvalue
+    assert spect.p_value == pytest.approx(min(1.0, 4 * raw))
+    assert stats[("NoGR", "no WD")].p_value is None  # the baseline is not compared with itself
+    assert spect.delta == pytest.approx(0.5)
+
+
+def test_markdown_and_csv_show_ours_and_the_papers(table4_store, tmp_path):
+    exp, db, _ = table4_store
+    with ResultStore(db) as store:
+        stats = collect(exp, store, seeds=3)
+    text = markdown_table(exp, stats)
+    assert "| SpectReg |" in text and "97.60 (0.10) n=3" in text and "div=1" in text
+    spect_paper = exp.cell("SpectReg", "WD=0.0005").paper
+    assert f"paper {spect_paper[0]:.2f} ({spect_paper[1]:.2f})" in text
+    csv_text = write_csv(exp, stats, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text() == csv_text
+    assert csv_text.splitlines()[0].startswith("experiment,row,column,metric")
+    assert len(csv_text.splitlines()) == 1 + len(exp.cells)
+
+
+def test_missing_runs_are_counted_not_hidden(tmp_path):
+    exp = get_experiment("table4")
+    with ResultStore(tmp_path / "r.db") as store:
+        stats = collect(exp, store, seeds=2)
+    assert all(st.n == 0 and st.missing == 2 for st in stats)
+    assert "missing=2" in markdown_table(exp, stats)
+
+
+def test_lambda_selection_uses_dev_metric_only(tmp_path):
+    """The λ with the best mean dev accuracy wins, whatever the test accuracies say."""
+    exp = get_experiment("table4")
+    with ResultStore(tmp_path / "r.db") as store:
+        with pytest.raises(ValueError, match="--lambdas grid"):
+            select_lambdas(exp, store, seeds=2)
+        for p in exp.plan(lambdas="grid", seeds=2):
+            assert p.seed >= DEV_SEED_OFFSET
+            good = p.lam == p.cell.grid[1]
+            put(store, p.config, dev_acc=99.0 if good else 90.0, test_acc=50.0 if good else 99.9)
+        best = select_lambdas(exp, store, seeds=2)
+    assert best == {c.key: c.grid[1] for c in exp.cells if c.tuned}
+
+
+def test_welch_p_matches_scipy_and_handles_degenerate_input():
+    from scipy import stats as sps
+    a, b = [1.0, 2.0, 3.5], [2.0, 4.0, 4.5, 6.0]
+    assert welch_p(a, b) == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p([1.0], b) is None
+    assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+# --- every named experiment, end to end, as a smoke sweep ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """Tiny MNIST / CIFAR / TinyImageNet files (pools of >= 100 points, as smoke runs draw 100)."""
+    root = tmp_path_factory.mktemp("data")
+    make_mnist(root / "mnist", n_train=220, n_test=20)
+    rng = np.random.default_rng(0)
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        make_chunks(root / name, rng.integers(0, 256, (220, 32, 32, 3), dtype=np.uint8), rng.integers(0, classes, 220),
+                    rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), rng.integers(0, classes, 20), chunk=110)
+    make_tinyimagenet(root / "tiny-imagenet-200")
+    # Fixture MNIST files cannot carry the official md5s: load them once without the check and hand
+    # them to the sweep's per-process dataset cache, which is what its workers would load.
+    loaded = {n: load_dataset(n, root, verify_checksums=False)
+              for n in ("mnist", "cifar10", "cifar100", "tinyimagenet")}
+    return root, loaded
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_smoke_sweep_report_and_plot(name, datasets, tmp_path, monkeypatch):
+    root, loaded = datasets
+    for ds_name, ds in loaded.items():
+        monkeypatch.setitem(sweep_mod._DATASETS, (ds_name, str(root)), ds)
+    exp = get_experiment(name)
+    plan = exp.plan(smoke=True)
+    db = tmp_path / "r.db"
+    summary = sweep_mod.run_sweep([p.config for p in plan], db, data_dir=str(root), progress=False)
+    assert summary.failed == 0
+    assert summary.done + summary.diverged == len({p.config.key() for p in plan})
+    with ResultStore(db) as store:
+        stats = collect(exp, store, smoke=True)
+        assert sum(st.n + st.diverged for st in stats) == len(plan)
+        assert "| " + exp.rows[0] + " |" in markdown_table(exp, stats)
+        files = plot_experiment(exp, store, tmp_path / "fig")
+    assert all(f.exists() and f.stat().st_size > 1000 for f in files)
+
+
+runner = CliRunner()
+
+
+def test_cli_sweep_resume_report_plot(tmp_path):
+    db = str(tmp_path / "r.db")
+    first = runner.invoke(app, ["sweep", "table7", "--smoke", "--db", db, "--workers", "1", "--no-progress"])
+    assert first.exit_code == 0, first.output
+    assert "10 done" in first.output
+    again = runner.invoke(app, ["sweep", "table7", "--smoke", "--db", db, "--workers", "1", "--no-progress"])
+    assert "10 already in the database, 0 done" in again.output
+    rep = runner.invoke(app, ["report", "table7", "--smoke", "--db", db, "--csv", str(tmp_path / "t7.csv")])
+    assert rep.exit_code == 0 and "| SpectReg |" in rep.output and (tmp_path / "t7.csv").exists()
+    fig = runner.invoke(app, ["plot", "table7", "--db", db, "--out", str(tmp_path / "fig")])
+    assert fig.exit_code == 0 and (tmp_path / "fig" / "table7.png").exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["sweep", "table99"], "valid: table1, table2"),
+    (["report", "table7", "--db", "/nonexistent/r.db"], "no results database"),
+    (["sweep", "table7", "--lambdas", "best", "--smoke"], "--lambdas must be"),
+])
+def test_cli_errors(args, match, tmp_path):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and match in res.output
+
+
+def test_cli_experiments_lists_every_experiment():
+    res = runner.invoke(app, ["experiments"])
+    assert res.exit_code == 0
+    for name in EXPERIMENTS:
+        assert name in res.output
