@@ -247,9 +247,9 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
         if ds.task == "regression":
             with torch.inference_mode():
                 model.eval()
-                result.extras["test_pred"] = model(x_test).flatten().cpu().tolist()
-                result.extras["train_x"] = x_pool[idx].flatten().cpu().tolist()
-                result.extras["train_y"] = y_pool[idx].flatten().cpu().tolist()
+                # Six decimals are far below the fits' errors and keep the results database small.
+                for name, values in (("test_pred", model(x_test)), ("train_x", x_pool[idx]), ("train_y", y_pool[idx])):
+                    result.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]
     result.seconds = time.perf_counter() - start
     if keep_model:
         result.extras["model"] = model
