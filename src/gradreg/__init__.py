@@ -4,6 +4,13 @@ from .regularizers import (
     REGULARIZERS, ConfidencePenalty, DataGrad, FrobReg, JacReg, OneHot, RandomOneHot, Regularizer,
     SpectReg, couples_batch, get_regularizer, register_regularizer,
 )
+from .data import DATASETS, DataError, Dataset, load_dataset
+from .models import MODELS, count_parameters, create_model, register_model
+from .recipes import RECIPES, Recipe, get_recipe
+from .train import RunConfig, RunResult
+from .experiments import EXPERIMENTS, get_experiment
+from .store import ResultStore
+from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
@@ -11,4 +18,7 @@ __all__ = [
     "Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES",
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch",
+    "DATASETS", "DataError", "Dataset", "load_dataset", "MODELS", "count_parameters", "create_model",
+    "register_model", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult",
+    "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
 ]

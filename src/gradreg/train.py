@@ -30,7 +30,6 @@ DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet
                  "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet", "sin": "mlp", "sin2": "mlp"}
 # Datasets whose paper setup fixes the training-set size (SIN: 100 points, 6.1.3); others use the pool.
 DEFAULT_TRAIN_SIZE = {"sin": 100, "sin2": 100}
-_STREAMS = {"subset": 1, "init": 2, "order": 3, "projection": 4, "augment": 5}
 
 
 @dataclass(frozen=True)
