@@ -133,6 +133,14 @@ def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path):
     _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
 
 
+def _existing_store(db: Path, experiment: str):
+    """The results store at ``db``, refusing to create an empty one where a report expects results."""
+    from .store import ResultStore
+    if not db.exists():
+        _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
+    return ResultStore(db)
+
+
 LAMBDAS_HELP = ("paper: each cell at the paper's reported λ; grid: phase 1 of the λ selection (every grid λ "
                 "on dev seeds); selected: phase 2 (the λ with the best mean dev metric, on test seeds)")
 
@@ -199,12 +207,9 @@ def report(
 ):
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
     from .report import collect, markdown_table, write_csv
-    from .store import ResultStore
 
     exp = _experiment(experiment)
-    if not db.exists():
-        _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
-    with ResultStore(db) as store:
+    with _existing_store(db, experiment) as store:
         try:
             stats = collect(exp, store, lambdas=lambdas, seeds=seeds, smoke=smoke)
         except ValueError as e:
@@ -228,12 +233,9 @@ def plot(
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
-    from .store import ResultStore
 
     exp = _experiment(experiment)
-    if not db.exists():
-        _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
-    with ResultStore(db) as store:
+    with _existing_store(db, experiment) as store:
         try:
             paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds)
         except ValueError as e:

@@ -75,12 +75,14 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of) -> dict[tuple[str, str], CellStats]:
+def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of,
+            group=lambda p: p.cell.key) -> dict:
+    """CellStats per ``group(run)`` (default: per cell), from one query of the store."""
     plan = list(plan)
     rows = {r["key"]: r for r in store.rows(keys=[p.config.key() for p in plan])}
-    out: dict[tuple[str, str], CellStats] = {}
+    out: dict = {}
     for p in plan:
-        st = out.setdefault(p.cell.key, CellStats(cell=p.cell, lam=p.lam))
+        st = out.setdefault(group(p), CellStats(cell=p.cell, lam=p.lam))
         row = rows.get(p.config.key())
         if row is None or row["status"] == "running":
             st.missing += 1
@@ -131,12 +133,9 @@ def select_lambdas(experiment: Experiment, store: ResultStore, *, seeds: int | N
 
 
 def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
-    plan = experiment.plan(lambdas="grid", seeds=seeds)
-    by = {}
-    for lam_plan in {(p.cell.key, p.lam) for p in plan}:
-        sub = [p for p in plan if (p.cell.key, p.lam) == lam_plan]
-        by[lam_plan] = _gather(sub, store, lambda c: dev_metric(c.metric))[lam_plan[0]]
-    return by
+    """CellStats per (cell key, λ) of phase 1, on the dev metric."""
+    return _gather(experiment.plan(lambdas="grid", seeds=seeds), store, lambda c: dev_metric(c.metric),
+                   group=lambda p: (p.cell.key, p.lam))
 
 
 def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper",
