@@ -66,7 +66,8 @@ def test_a_raising_run_is_failed_with_its_traceback(tmp_path, monkeypatch):
         return real_train(config, **kwargs)
 
     monkeypatch.setattr(sweep_mod, "train", flaky)
-    summary = run_sweep([sin_config(0), sin_config(1), sin_config(2)], tmp_path / "runs.db", progress=False)
+    summary = run_sweep([sin_config(0), sin_config(1), sin_config(2)], tmp_path / "runs.db", group_size=1,
+                        progress=False)
     assert (summary.done, summary.failed) == (2, 1)
     with ResultStore(tmp_path / "runs.db") as store:
         assert "RuntimeError: boom in training" in store.get(sin_config(1).key())["error"]
@@ -78,7 +79,7 @@ def test_keyboard_interrupt_releases_the_run_and_reraises(tmp_path, monkeypatch)
 
     monkeypatch.setattr(sweep_mod, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep([sin_config(0), sin_config(1)], tmp_path / "runs.db", progress=False)
+        run_sweep([sin_config(0), sin_config(1)], tmp_path / "runs.db", group_size=1, progress=False)
     with ResultStore(tmp_path / "runs.db") as store:
         assert len(store) == 0
 
@@ -88,7 +89,7 @@ import sys
 from gradreg.sweep import run_sweep
 from gradreg.train import RunConfig
 configs = [RunConfig(dataset="sin", seed=s, overrides=(("steps", {steps}), ("eval_points", 1))) for s in range({n})]
-run_sweep(configs, sys.argv[1], workers=1, threads=1, progress=False)
+run_sweep(configs, sys.argv[1], workers=1, threads=1, group_size=1, progress=False)
 """
 
 
@@ -162,6 +163,8 @@ def test_argument_errors(tmp_path, monkeypatch):
         run_sweep([sin_config()], tmp_path / "runs.db", backend="slurm")
     with pytest.raises(ValueError, match="workers and threads must be >= 1"):
         run_sweep([sin_config()], tmp_path / "runs.db", workers=0)
+    with pytest.raises(ValueError, match="group_size must be >= 1"):
+        run_sweep([sin_config()], tmp_path / "runs.db", group_size=0)
     with pytest.raises(TypeError, match="RunConfig objects or dicts"):
         run_sweep(["sin"], tmp_path / "runs.db")
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail even where ray is installed

@@ -168,6 +168,9 @@ def sweep(
     db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
+    group_size: Optional[int] = typer.Option(
+        None, help="runs differing only in seed and λ trained together as one vectorized group of at most "
+                   "this many (default: where measured to pay: SIN MLPs on CPU, small nets on CUDA); 1: never"),
     backend: str = typer.Option("local", help="local or ray"),
     address: Optional[str] = typer.Option(None, help="ray cluster address (default: start a local one)"),
     data_dir: Optional[Path] = typer.Option(None, envvar="GRADREG_DATA_DIR", help="where dataset files lie"),
@@ -186,7 +189,7 @@ def sweep(
     try:
         summary = run_sweep([p.config for p in plan], db, workers=n_workers, threads=threads, backend=backend,
                             address=address, data_dir=data_dir, device=device, retry_failed=retry_failed,
-                            progress=progress)
+                            group_size=group_size, progress=progress)
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"{summary.total} runs: {summary.skipped} already in the database, {summary.done} done, "

@@ -11,6 +11,8 @@ outputs. Pass ``logits`` computed from ``x`` (with ``x.requires_grad``) to share
 the task loss; otherwise the term runs the forward itself. Terms switch input gradients on themselves,
 also under ``torch.no_grad()`` (then the value is not differentiable w.r.t. the weights, which is what
 evaluation code wants) and under ``torch.inference_mode()``.
+``generator`` seeds the random projections; a sequence of G generators splits the batch into G equal
+chunks, each drawing what it would draw alone (how grouped training keeps each run's own stream).
 
 Options shared by the Jacobian terms:
 
@@ -40,7 +42,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,22 +87,33 @@ class _Context:
     y: Tensor | None     # (n,) class indices or (n, m) targets
     coupled: bool        # compute diagonal blocks exactly (sample mode on a coupling model)
     create_graph: bool   # keep the graph so the penalty can be backpropagated to the weights
-    generator: torch.Generator | None
+    generator: torch.Generator | Sequence[torch.Generator] | None
     strategy: str = "auto"
 
     @property
     def n(self) -> int:
         return self.z.shape[0]
 
-    def randn(self, *shape: int) -> Tensor:
-        g = self.generator
-        device = g.device if g is not None else self.z.device
-        return torch.randn(shape, generator=g, device=device, dtype=self.z.dtype).to(self.z.device)
+    def randn(self, k: int, rows: int, m: int) -> Tensor:
+        """``(k, rows, m)`` standard normal draws; ``rows`` is ``n`` or 1 (one draw shared by the batch)."""
+        return self._draw(lambda g, dev, r: torch.randn((k, r, m), generator=g, device=dev, dtype=self.z.dtype),
+                          rows)
 
-    def randint(self, high: int, *shape: int) -> Tensor:
-        g = self.generator
-        device = g.device if g is not None else self.z.device
-        return torch.randint(high, shape, generator=g, device=device).to(self.z.device)
+    def randint(self, high: int, k: int, rows: int) -> Tensor:
+        """``(k, rows)`` integers in ``[0, high)``, drawn like :meth:`randn`."""
+        return self._draw(lambda g, dev, r: torch.randint(high, (k, r), generator=g, device=dev), rows)
+
+    def _draw(self, sample, rows: int) -> Tensor:
+        gens = self.generator
+        if gens is None or isinstance(gens, torch.Generator):
+            return sample(gens, gens.device if gens is not None else self.z.device, rows).to(self.z.device)
+        # One generator per equal chunk of the batch (grouped training): chunk c draws exactly what a
+        # run of its own, with that generator and that batch, would draw.
+        if self.n % len(gens):
+            raise ValueError(f"{len(gens)} generators for a batch of {self.n}: one per equal chunk expected")
+        chunk = self.n // len(gens)
+        parts = [sample(g, g.device, chunk if rows == self.n else 1).to(self.z.device) for g in gens]
+        return torch.cat([p.expand(p.shape[0], chunk, *p.shape[2:]) for p in parts], dim=1)
 
     def vjp(self, outputs: Tensor, cotangent: Tensor) -> Tensor:
         """Per-sample input gradients ``(n, ...)`` of ``<outputs, cotangent>``, diagonal blocks if coupled."""
@@ -161,7 +174,7 @@ class Regularizer(abc.ABC):
         _check_choice("batch_mode", self.batch_mode, _BATCH_MODES)
 
     def __call__(self, model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None = None, *,
-                 logits: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 logits: Tensor | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() < 2:
             raise ValueError(f"{self.name}: x must be a batched tensor of shape (B, ...), "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
@@ -181,7 +194,8 @@ class Regularizer(abc.ABC):
             return self.evaluate(model, x, logits, y, generator=generator, differentiable=differentiable)
 
     def evaluate(self, model, x: Tensor, logits: Tensor, y: Tensor | None = None, *,
-                 generator: torch.Generator | None = None, differentiable: bool = True) -> Tensor:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 differentiable: bool = True) -> Tensor:
         """Penalties for the first ``len(logits)`` rows of ``x``, from logits already computed from ``x``.
 
         The lower-level entry ``gradreg.Objective`` uses to share one forward pass (also over extra

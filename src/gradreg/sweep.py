@@ -14,6 +14,7 @@ Backends:
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -25,14 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from .grouped import group_key, groupable, train_group
 from .store import ResultStore, owner_id, runtime_versions
 from .train import RunConfig, RunResult, resolve_device, train
 
-__all__ = ["BACKENDS", "SweepSummary", "default_workers", "run_sweep"]
+__all__ = ["BACKENDS", "SweepSummary", "auto_group_size", "default_workers", "plan_tasks", "run_sweep"]
 
 BACKENDS = ("local", "ray")
 HEARTBEAT_SECONDS = 30.0  # a tenth of the store's default stale_after: a few missed beats are harmless
 OUTCOMES = ("done", "diverged", "failed", "busy")
+CPU_GROUP_SIZE = 50  # SIN MLPs per group on CPU; see auto_group_size
 
 
 @dataclass
@@ -121,29 +124,46 @@ class _Heartbeat:
         self._thread.join()
 
 
-def _run_one(store: ResultStore, config: RunConfig, owner: str, *, data_dir: Any, device: str,
-             retry_failed: bool, progress: bool) -> str:
-    """Claim, train and store one run; returns its outcome (one of ``OUTCOMES``).
+def _train_task(configs: list[RunConfig], *, data_dir: Any, device: str, progress: bool) -> list[RunResult]:
+    """Train one task: a single run, or a group trained as one (:mod:`gradreg.grouped`)."""
+    ds = _dataset(configs[0].dataset, data_dir)
+    if len(configs) == 1:
+        return [train(configs[0], dataset=ds, data_dir=data_dir, device=device, progress=progress)]
+    return train_group(configs, dataset=ds, data_dir=data_dir, device=device, progress=progress)
 
-    Any exception from training is recorded as ``failed`` with its traceback so the sweep goes on;
-    an interruption (Ctrl-C) deletes the run's row again, since nothing of it was finished.
+
+def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_dir: Any, device: str,
+              retry_failed: bool, progress: bool) -> list[tuple[str, str]]:
+    """Claim, train and store one task's runs; returns ``(key, outcome)`` per run (``OUTCOMES``).
+
+    Runs another sweep holds are left to it ("busy"). Any exception from training is recorded as
+    ``failed`` (for every run of the task) with its traceback so the sweep goes on; an interruption
+    (Ctrl-C) deletes the task's rows again, since nothing of them was finished.
     """
-    if not store.claim(config, owner, retry_failed=retry_failed):
-        return "busy"
-    key, start = config.key(), time.perf_counter()
+    outcomes = {c.key(): "busy" for c in configs}
+    claimed = [c for c in configs if store.claim(c, owner, retry_failed=retry_failed)]
+    if not claimed:
+        return list(outcomes.items())
+    start = time.perf_counter()
     where = str(resolve_device(device))
     try:
         with _Heartbeat(store, owner) as beat:
-            beat.add(key)
-            result = train(config, dataset=_dataset(config.dataset, data_dir), data_dir=data_dir,
-                           device=device, progress=progress)
+            for c in claimed:
+                beat.add(c.key())
+            results = _train_task(claimed, data_dir=data_dir, device=device, progress=progress)
     except Exception:
-        store.fail(config, owner, traceback.format_exc(), seconds=time.perf_counter() - start, device=where)
-        return "failed"
+        seconds = (time.perf_counter() - start) / len(claimed)
+        for c in claimed:
+            store.fail(c, owner, traceback.format_exc(), seconds=seconds, device=where)
+            outcomes[c.key()] = "failed"
+        return list(outcomes.items())
     except BaseException:  # KeyboardInterrupt, SystemExit
-        store.release(key, owner)
+        for c in claimed:
+            store.release(c.key(), owner)
         raise
-    return result.status if store.finish(result, owner, device=where) else "busy"
+    for result in results:
+        outcomes[result.config.key()] = result.status if store.finish(result, owner, device=where) else "busy"
+    return list(outcomes.items())
 
 
 # -- local process pool -------------------------------------------------------------------------
@@ -161,15 +181,15 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _pool_task(config: RunConfig, db_path: str, data_dir: Any, device: str, retry_failed: bool) -> tuple[str, str]:
-    """One run in a pool worker; the store connection and owner id live as long as the worker."""
+def _pool_task(configs: list[RunConfig], db_path: str, data_dir: Any, device: str,
+               retry_failed: bool) -> list[tuple[str, str]]:
+    """One task in a pool worker; the store connection and owner id live as long as the worker."""
     if _WORKER.get("path") != db_path:
         if "store" in _WORKER:
             _WORKER["store"].close()
         _WORKER.update(path=db_path, store=ResultStore(db_path), owner=owner_id())
-    outcome = _run_one(_WORKER["store"], config, _WORKER["owner"], data_dir=data_dir, device=device,
-                       retry_failed=retry_failed, progress=False)
-    return config.key(), outcome
+    return _run_task(_WORKER["store"], configs, _WORKER["owner"], data_dir=data_dir, device=device,
+                     retry_failed=retry_failed, progress=False)
 
 
 def _stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -188,29 +208,30 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         proc.join(timeout=10)
 
 
-def _run_local_pool(todo: list[RunConfig], store: ResultStore, record: Callable[[str, str], None], *,
+def _run_local_pool(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
                     workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool) -> None:
-    """Train ``todo`` in ``workers`` spawned processes (spawn: safe with torch and CUDA, same on every OS)."""
+    """Train ``tasks`` in ``workers`` spawned processes (spawn: safe with torch and CUDA, same on every OS)."""
     import multiprocessing
 
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+    keys = [c.key() for task in tasks for c in task]
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(threads,))
     try:
-        pending: set[Future] = {pool.submit(_pool_task, c, str(store.path), data_dir, device, retry_failed)
-                                for c in todo}
+        pending: set[Future] = {pool.submit(_pool_task, t, str(store.path), data_dir, device, retry_failed)
+                                for t in tasks}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                key, outcome = fut.result()  # _run_one turns training errors into "failed" itself
-                record(key, outcome)
+                for key, outcome in fut.result():  # _run_task turns training errors into "failed" itself
+                    record(key, outcome)
     except BrokenProcessPool as exc:
         _stop_pool(pool)
-        store.release_dead([c.key() for c in todo])
+        store.release_dead(keys)
         raise RuntimeError("a sweep worker process died abruptly (killed, out of memory, or a crash in native "
                            "code); finished runs are stored: run the sweep again to resume") from exc
     except BaseException:
         _stop_pool(pool)
-        store.release_dead([c.key() for c in todo])  # the stopped workers' rows: nothing of them finished
+        store.release_dead(keys)  # the stopped workers' rows: nothing of them finished
         raise
     pool.shutdown(wait=True)
 
@@ -225,21 +246,20 @@ def _import_ray() -> Any:
     return ray
 
 
-def _ray_train(config: dict[str, Any], data_dir: Any, device: str, threads: int) -> dict[str, Any]:
-    """A ray task: train one run and return plain data (the driver stores it), errors included."""
+def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, threads: int) -> dict[str, Any]:
+    """A ray task: train one task's runs and return plain data (the driver stores it), errors included."""
     import torch
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     out: dict[str, Any] = {"versions": runtime_versions(), "device": None}
     try:
-        run = RunConfig.from_dict(config)
+        runs = [RunConfig.from_dict(c) for c in configs]
         out["device"] = str(resolve_device(device))
-        out["result"] = train(run, dataset=_dataset(run.dataset, data_dir), data_dir=data_dir, device=device,
-                              progress=False).to_dict()
+        out["results"] = [r.to_dict() for r in _train_task(runs, data_dir=data_dir, device=device, progress=False)]
     except Exception:
         out["error"] = traceback.format_exc()
-    out["seconds"] = time.perf_counter() - start
+    out["seconds"] = (time.perf_counter() - start) / max(1, len(configs))
     return out
 
 
@@ -248,9 +268,10 @@ def _result_from_dict(d: dict[str, Any]) -> RunResult:
                      curve=d["curve"], extras=d["extras"], seconds=d["seconds"], error=d["error"])
 
 
-def _run_ray(todo: list[RunConfig], store: ResultStore, record: Callable[[str, str], None], *, workers: int,
-             threads: int, address: str | None, data_dir: Any, device: str, retry_failed: bool) -> None:
-    """Keep ``workers`` ray tasks in flight; the driver claims each run just before submitting it.
+def _run_ray(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
+             workers: int, threads: int, address: str | None, data_dir: Any, device: str,
+             retry_failed: bool) -> None:
+    """Keep ``workers`` ray tasks in flight; the driver claims a task's runs just before submitting it.
 
     Claiming lazily (not all runs up front) leaves the rest to another sweep on the same database
     and keeps the driver's heartbeat to a handful of rows. Results are stored the moment
@@ -263,56 +284,108 @@ def _run_ray(todo: list[RunConfig], store: ResultStore, record: Callable[[str, s
         ray.init(address=address, num_cpus=workers * threads if local else None, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     owner = owner_id()
-    in_flight: dict[Any, RunConfig] = {}
+    in_flight: dict[Any, list[RunConfig]] = {}
     try:
         if str(device) == "auto":
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         else:
             gpus = 1 if resolve_device(device).type == "cuda" else 0
-        task = ray.remote(_ray_train).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
-        queue: Iterator[RunConfig] = iter(todo)
+        remote = ray.remote(_ray_train).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
+        queue: Iterator[list[RunConfig]] = iter(tasks)
         with _Heartbeat(store, owner) as beat:
             while True:
                 while len(in_flight) < workers:
-                    config = next(queue, None)
-                    if config is None:
+                    task = next(queue, None)
+                    if task is None:
                         break
-                    if not store.claim(config, owner, retry_failed=retry_failed):
-                        record(config.key(), "busy")
-                        continue
-                    beat.add(config.key())
-                    in_flight[task.remote(config.to_dict(), data_dir, device, threads)] = config
+                    claimed = []
+                    for config in task:
+                        if store.claim(config, owner, retry_failed=retry_failed):
+                            claimed.append(config)
+                            beat.add(config.key())
+                        else:
+                            record(config.key(), "busy")
+                    if claimed:
+                        in_flight[remote.remote([c.to_dict() for c in claimed], data_dir, device, threads)] = claimed
                 if not in_flight:
                     break
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
-                    config = in_flight.pop(ref)
-                    record(config.key(), _store_ray_result(ray, ref, config, store, owner))
-                    beat.discard(config.key())
+                    claimed = in_flight.pop(ref)
+                    for key, outcome in _store_ray_result(ray, ref, claimed, store, owner):
+                        record(key, outcome)
+                        beat.discard(key)
     except BaseException:
-        for ref, config in in_flight.items():
+        for ref, claimed in in_flight.items():
             ray.cancel(ref, force=True)
-            store.release(config.key(), owner)
+            for config in claimed:
+                store.release(config.key(), owner)
         raise
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _store_ray_result(ray: Any, ref: Any, config: RunConfig, store: ResultStore, owner: str) -> str:
+def _store_ray_result(ray: Any, ref: Any, configs: list[RunConfig], store: ResultStore,
+                      owner: str) -> list[tuple[str, str]]:
     try:
         out = ray.get(ref)
-    except Exception:  # the task itself died (worker crash, out of memory): a failed run, not a failed sweep
-        store.fail(config, owner, traceback.format_exc())
-        return "failed"
+    except Exception:  # the task itself died (worker crash, out of memory): failed runs, not a failed sweep
+        error = traceback.format_exc()
+        for config in configs:
+            store.fail(config, owner, error)
+        return [(c.key(), "failed") for c in configs]
     if "error" in out:
-        store.fail(config, owner, out["error"], seconds=out["seconds"], device=out["device"])
-        return "failed"
-    result = _result_from_dict(out["result"])
-    return result.status if store.finish(result, owner, device=out["device"], versions=out["versions"]) else "busy"
+        for config in configs:
+            store.fail(config, owner, out["error"], seconds=out["seconds"], device=out["device"])
+        return [(c.key(), "failed") for c in configs]
+    outcomes = []
+    for d in out["results"]:
+        result = _result_from_dict(d)
+        stored = store.finish(result, owner, device=out["device"], versions=out["versions"])
+        outcomes.append((result.config.key(), result.status if stored else "busy"))
+    return outcomes
 
 
 # -- the sweep ------------------------------------------------------------------------------------
+
+def auto_group_size(config: RunConfig, device: str = "auto") -> int:
+    """How many runs like ``config`` to train as one group (1: not grouped).
+
+    Measured on a 2-core CPU (benchmarks/bench_grouped.py): stacked SIN MLPs train several times
+    faster per run than one by one; stacked LeNet-5s were not faster than single runs there, and
+    BatchNorm nets cannot be stacked. On CUDA a group fills the device that one small run leaves idle:
+    about 8192 rows per step (unmeasured here; no GPU was available).
+    """
+    if not groupable(config):
+        return 1
+    if resolve_device(device).type == "cuda":
+        return max(1, min(128, 8192 // config.resolved_recipe().batch_size))
+    return CPU_GROUP_SIZE if config.model_name == "mlp" else 1
+
+
+def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, workers: int = 1,
+               device: str = "auto") -> list[list[RunConfig]]:
+    """Split runs into tasks: groups of runs sharing a :func:`~gradreg.grouped.group_key`, at most
+    ``group_size`` each (None: :func:`auto_group_size`), and at least ``workers`` tasks where the runs
+    allow it, so that no worker idles while another trains one huge group."""
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    by_key: dict[str, list[RunConfig]] = {}
+    for c in configs:
+        by_key.setdefault(group_key(c), []).append(c)
+    tasks: list[list[RunConfig]] = []
+    for members in by_key.values():
+        size = group_size if group_size is not None else auto_group_size(members[0], device)
+        size = size if groupable(members[0]) else 1
+        n = math.ceil(len(members) / size)
+        tasks += [members[i::n] for i in range(n)]  # equal sizes; the order within each is kept
+    while len(tasks) < workers and max(len(t) for t in tasks) > 1:
+        biggest = max(tasks, key=len)
+        tasks.remove(biggest)
+        tasks += [biggest[0::2], biggest[1::2]]
+    return tasks
+
 
 def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig]:
     """Configs as RunConfig objects, de-duplicated by key (first occurrence kept, order preserved)."""
@@ -355,14 +428,17 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 
 def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.PathLike, *, workers: int = 1,
               threads: int = 1, backend: str = "local", address: str | None = None, data_dir: Any = None,
-              device: str = "auto", retry_failed: bool = False, progress: bool = True) -> SweepSummary:
+              device: str = "auto", retry_failed: bool = False, group_size: int | None = None,
+              progress: bool = True) -> SweepSummary:
     """Train every config not yet finished in the store at ``db_path``; returns what was done.
 
-    ``workers``: runs trained at once (see :func:`default_workers`); ``threads``: torch threads per
-    run (in-process, ``workers == 1``, torch's setting is restored afterwards). ``address``: the ray
-    cluster (None starts a local instance with ``workers * threads`` CPUs). ``retry_failed``: train
-    runs recorded as failed again. A run that raises is recorded as failed and the sweep goes on;
-    Ctrl-C removes the interrupted runs' rows and re-raises.
+    ``workers``: tasks trained at once (see :func:`default_workers`); ``threads``: torch threads per
+    task (in-process, ``workers == 1``, torch's setting is restored afterwards). ``group_size``: runs
+    that differ only in seed and λ train together as one vectorized group of at most this many
+    (None: :func:`auto_group_size`; 1: every run alone). ``address``: the ray cluster (None starts a
+    local instance with ``workers * threads`` CPUs). ``retry_failed``: train runs recorded as failed
+    again. A run that raises is recorded as failed and the sweep goes on; Ctrl-C removes the
+    interrupted runs' rows and re-raises.
 
     With ``workers > 1`` (local backend) the workers are spawned, so they import the caller's main
     module: a script must call this under ``if __name__ == "__main__":``.
@@ -372,6 +448,8 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if workers < 1 or threads < 1:
         raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
     if backend == "ray":
         _import_ray()  # fail before touching the store
     todo = _as_configs(configs)
@@ -381,6 +459,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         finished = {"done", "diverged"} | (set() if retry_failed else {"failed"})
         todo = [c for c in todo if known.get(c.key()) not in finished]
         summary.skipped = summary.total - len(todo)
+        tasks = plan_tasks(todo, group_size=group_size, workers=workers, device=device) if todo else []
         with _progress_bar(len(todo), progress and bool(todo)) as bar:
 
             def record(key: str, outcome: str) -> None:
@@ -390,19 +469,20 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                                     refresh=False)
                     bar.update(1)
 
-            if not todo:
+            if not tasks:
                 pass
             elif backend == "ray":
-                _run_ray(todo, store, record, workers=workers, threads=threads, address=address,
+                _run_ray(tasks, store, record, workers=workers, threads=threads, address=address,
                          data_dir=data_dir, device=device, retry_failed=retry_failed)
             elif workers == 1:
                 owner = owner_id()
                 with _torch_threads(threads):
-                    for config in todo:
-                        record(config.key(), _run_one(store, config, owner, data_dir=data_dir, device=device,
-                                                      retry_failed=retry_failed, progress=progress))
+                    for task in tasks:
+                        for key, outcome in _run_task(store, task, owner, data_dir=data_dir, device=device,
+                                                      retry_failed=retry_failed, progress=progress):
+                            record(key, outcome)
             else:
-                _run_local_pool(todo, store, record, workers=workers, threads=threads, data_dir=data_dir,
+                _run_local_pool(tasks, store, record, workers=workers, threads=threads, data_dir=data_dir,
                                 device=device, retry_failed=retry_failed)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -24,7 +24,7 @@ from .objective import Objective, paper_weight
 from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from .regularizers import get_regularizer
 
-__all__ = ["RunConfig", "RunResult", "train", "resolve_device", "DEFAULT_MODEL"]
+__all__ = ["RunConfig", "RunResult", "train", "evaluate", "metrics", "resolve_device", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet",
                  "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet", "sin": "mlp", "sin2": "mlp"}
@@ -158,6 +158,11 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, task: str, batch_size: int)
     model.eval()
     outs = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
+    return metrics(outs, y, task)
+
+
+def metrics(outs: Tensor, y: Tensor, task: str) -> dict[str, float]:
+    """The metrics of outputs ``(N, m)`` against targets: what :func:`evaluate` reports."""
     if task == "regression":
         return {"mse": F.mse_loss(outs, y.reshape(outs.shape)).item()}
     res = {"acc": 100.0 * (outs.argmax(1) == y).float().mean().item(),
@@ -165,6 +170,35 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, task: str, batch_size: int)
     if outs.shape[1] > 5:  # top-5 means something from 6 classes on (the poster reports it for 200)
         res["top5"] = 100.0 * (outs.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
     return res
+
+
+def init_model(config: RunConfig, ds: data_mod.Dataset, device: torch.device) -> nn.Module:
+    """The run's model, initialized from its own seed stream (which then drives its dropout masks)."""
+    torch.manual_seed(config.seed_for("init"))
+    return create_model(config.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
+                        batchnorm=config.batchnorm, dropout=config.resolved_recipe().dropout).to(device)
+
+
+def make_optimizer(params, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer and step-wise learning-rate schedule. Both act elementwise, so a stack of
+    runs' parameters (grouped training) steps exactly as each run would alone."""
+    if recipe.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas)
+    else:
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                              dampening=0.0)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, recipe.milestones(), gamma=recipe.lr_factor)
+
+
+def term_weights(config: RunConfig, batch: int) -> list[tuple[float, Any]]:
+    """``(λ in gradreg's convention, regularizer)`` for each of the run's terms."""
+    convert = paper_weight if config.weight_convention == "paper" else (lambda n, w, b: w)
+    return [(convert(n, w, batch), get_regularizer(n, **config._term_options(n))) for n, w in config.terms]
+
+
+def eval_steps(recipe: Recipe) -> list[int]:
+    """The steps where the learning curve gets a point (the last one is the run's result)."""
+    return sorted({max(1, round(recipe.steps * (i + 1) / recipe.eval_points)) for i in range(recipe.eval_points)})
 
 
 def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_dir=None,
@@ -180,21 +214,12 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
     x_dev, y_dev = ds.x_dev[:n_eval].to(dev), ds.y_dev[:n_eval].to(dev)
     x_test, y_test = ds.x_test[:n_eval].to(dev), ds.y_test[:n_eval].to(dev)
 
-    torch.manual_seed(config.seed_for("init"))  # initialization, then dropout masks
-    model = create_model(config.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
-                         batchnorm=config.batchnorm, dropout=recipe.dropout).to(dev)
-    if recipe.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                              nesterov=recipe.nesterov, dampening=0.0)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, recipe.milestones(), gamma=recipe.lr_factor)
+    model = init_model(config, ds, dev)
+    opt, sched = make_optimizer(model.parameters(), recipe)
     batch = min(recipe.batch_size, len(idx))
-    convert = (lambda w, n: paper_weight(n, w, batch)) if config.weight_convention == "paper" else (lambda w, n: w)
-    objective = Objective("mse" if ds.task == "regression" else "cross_entropy",
-                          [(convert(w, n), get_regularizer(n, **config._term_options(n))) for n, w in config.terms])
+    objective = Objective("mse" if ds.task == "regression" else "cross_entropy", term_weights(config, batch))
     gen = {s: torch.Generator(device=dev).manual_seed(config.seed_for(s)) for s in ("order", "projection", "augment")}
-    eval_at = sorted({max(1, round(recipe.steps * (i + 1) / recipe.eval_points)) for i in range(recipe.eval_points)})
+    eval_at = eval_steps(recipe)
 
     result = RunResult(config=config, status="done")
     running = torch.zeros(2 + len(objective.names), device=dev)  # loss, task, terms: summed between logs

@@ -1,0 +1,341 @@
+"""Grouped training: G runs that differ only in seed and λ, trained as one vectorized computation.
+
+The paper's protocol is many small runs (seeds × λ × cells). A small model leaves most of the
+machine idle; G of them stacked into one model fill it. :class:`GroupedModel` stacks G models of one
+architecture: chunk g of its input batch (G·B rows) goes through model g, so every regularizer of
+:mod:`gradreg.regularizers` applies to it unchanged and returns per-sample penalties that split back
+into G runs. The runs' parameters never meet (each output row depends on one member's weights only),
+and the optimizers act elementwise, so :func:`train_group` gives each run what :func:`gradreg.train.train`
+gives it alone, to float tolerance: same seed streams for the subset, initialization, batch order and
+projections. A member whose loss turns non-finite is recorded as diverged and frozen; the others go on.
+
+Limits: models with BatchNorm are not grouped (running statistics are per-run state that a stacked
+forward would share); dropout masks are drawn per member but from one stream, so runs with dropout
+match their solo runs in distribution, not bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from . import data as data_mod
+from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, init_model, make_optimizer, metrics,
+                    resolve_device, term_weights)
+
+__all__ = ["GroupedModel", "train_group", "group_key", "groupable", "GROUPABLE_MODELS"]
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity)
+
+
+class GroupedModel(nn.Module):
+    """G models of one architecture as one module: rows ``[g·B, (g+1)·B)`` of the input go through model g.
+
+    Input ``(G·B, ...)``, output ``(G·B, m)``. The members' parameters are stacked along a new first
+    dimension (``stacked[i][g]`` is member g's i-th parameter). Sequential stacks of Linear layers and
+    elementwise activations run as batched matrix products (``baddbmm``); any other architecture runs
+    through ``torch.func.vmap`` over ``functional_call``.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        if not models:
+            raise ValueError("GroupedModel needs at least one model")
+        first = models[0]
+        names = [n for n, _ in first.named_parameters()]
+        for m in models[1:]:
+            if type(m) is not type(first) or [(n, p.shape) for n, p in m.named_parameters()] != \
+                    [(n, p.shape) for n, p in first.named_parameters()]:
+                raise ValueError("GroupedModel needs models of one architecture (same parameter names and shapes)")
+        if any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in first.modules()):
+            raise ValueError("GroupedModel cannot stack BatchNorm models: their running statistics are per-run "
+                             "state; train them one by one")
+        self.size = len(models)
+        self.names = names
+        self.stacked = nn.ParameterList([nn.Parameter(torch.stack([dict(m.named_parameters())[n].detach()
+                                                                   for m in models]).clone())
+                                         for n in names])
+        buffers = [n for n, _ in first.named_buffers()]
+        for n in buffers:
+            self.register_buffer("_b_" + n.replace(".", "_"),
+                                 torch.stack([dict(m.named_buffers())[n] for m in models]).clone())
+        self._buffer_names = buffers
+        # The architecture without its weights: functional_call supplies the stacked ones.
+        self._template = [_meta_copy(first)]
+        self._plan = _linear_plan(first)
+
+    @property
+    def template(self) -> nn.Module:
+        return self._template[0]
+
+    def train(self, mode: bool = True) -> "GroupedModel":
+        self.template.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] % self.size:
+            raise ValueError(f"a GroupedModel of {self.size} members needs a batch divisible by {self.size}, "
+                             f"got {x.shape[0]} rows")
+        xg = x.reshape(self.size, x.shape[0] // self.size, *x.shape[1:])
+        out = self._forward_linear(xg) if self._plan is not None else self._forward_vmap(xg)
+        return out.reshape(x.shape[0], *out.shape[2:])
+
+    def _forward_linear(self, x: Tensor) -> Tensor:
+        params = iter(self.stacked)
+        for kind, module in self._plan:
+            if kind == "flatten":
+                x = x.flatten(2)
+            elif kind == "linear":
+                w = next(params)
+                b = next(params) if module.bias is not None else None
+                x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)) if b is not None else \
+                    torch.bmm(x, w.transpose(1, 2))
+            else:
+                x = module(x)
+        return x
+
+    def _forward_vmap(self, x: Tensor) -> Tensor:
+        buffers = {n: getattr(self, "_b_" + n.replace(".", "_")) for n in self._buffer_names}
+
+        def one(params: tuple[Tensor, ...], bufs: dict[str, Tensor], xb: Tensor) -> Tensor:
+            return functional_call(self.template, ({**dict(zip(self.names, params)), **bufs}), (xb,))
+
+        return torch.func.vmap(one, randomness="different")(tuple(self.stacked), buffers, x)
+
+    @torch.no_grad()
+    def member(self, g: int, model: nn.Module) -> nn.Module:
+        """Copy member g's weights into ``model`` (of the members' architecture) and return it."""
+        for n, p in zip(self.names, self.stacked):
+            model.get_parameter(n).copy_(p[g])
+        for n in self._buffer_names:
+            model.get_buffer(n).copy_(getattr(self, "_b_" + n.replace(".", "_"))[g])
+        return model
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to("meta")
+
+
+def _linear_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of a Sequential of Linear / Flatten / elementwise activations, or None for anything else."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    plan: list[tuple[str, nn.Module]] = []
+    for m in model:
+        if isinstance(m, nn.Linear):
+            plan.append(("linear", m))
+        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            plan.append(("flatten", m))
+        elif isinstance(m, _ELEMENTWISE) or (isinstance(m, nn.Dropout) and m.p == 0):
+            plan.append(("elementwise", m))
+        else:
+            return None
+    return plan
+
+
+# -- which runs may train together ------------------------------------------------------------------
+
+def group_key(config: RunConfig) -> str:
+    """Runs with equal group keys can train as one group: all but seed and λ values agree."""
+    same = RunConfig.from_dict(config.to_dict() | {"seed": 0, "terms": [[n, 1.0] for n, _ in config.terms]})
+    return same.key()
+
+
+GROUPABLE_MODELS = ("mlp", "lenet5")
+
+
+def groupable(config: RunConfig) -> bool:
+    """Whether the run's model can be stacked: the registry's models without BatchNorm."""
+    return config.model_name in GROUPABLE_MODELS and not config.batchnorm
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+def _task_losses(task: str) -> callable:
+    """Per-sample task losses ``(N,)`` whose batch mean is the solo run's task loss."""
+    if task == "regression":
+        return lambda z, y: (z - y.reshape(z.shape).to(z.dtype)).pow(2).flatten(1).mean(1)
+    return lambda z, y: F.cross_entropy(z, y, reduction="none")
+
+
+@torch.inference_mode()
+def _evaluate_group(model: GroupedModel, x: Tensor, y: Tensor, task: str, batch_size: int) -> list[dict[str, float]]:
+    """Each member's :func:`gradreg.train.evaluate` metrics on the same points."""
+    outs = _group_outputs(model, x, batch_size)
+    return [metrics(o, y, task) for o in outs]
+
+
+def _group_outputs(model: GroupedModel, x: Tensor, batch_size: int) -> Tensor:
+    """``(G, N, m)``: every member's outputs on the same points ``x`` ``(N, ...)``."""
+    return _own_outputs(model, x.unsqueeze(0).expand(model.size, *x.shape), batch_size)
+
+
+@torch.inference_mode()
+def _own_outputs(model: GroupedModel, x: Tensor, batch_size: int) -> Tensor:
+    """``(G, N, m)``: member g's outputs on its own points ``x[g]`` (``x``: ``(G, N, ...)``), in chunks."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for i in range(0, x.shape[1], batch_size):
+        xb = x[:, i:i + batch_size]
+        out = model(xb.reshape(-1, *xb.shape[2:]))
+        chunks.append(out.reshape(*xb.shape[:2], *out.shape[1:]))
+    model.train(was_training)
+    return torch.cat(chunks, dim=1)
+
+
+def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | None = None, data_dir=None,
+                device: str | torch.device = "auto", progress: bool = True) -> list[RunResult]:
+    """Train runs that share a :func:`group_key` together; one :class:`RunResult` per config, in order.
+
+    Each result matches ``train(config)`` alone to float tolerance (models without dropout; see the
+    module's notes). ``seconds`` is the group's wall time divided by its size.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    keys = {group_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError("train_group needs runs that differ only in seed and λ (equal group_key); "
+                         f"got {len(keys)} different groups")
+    if not groupable(configs[0]):
+        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}) cannot train grouped; "
+                         f"groupable: {', '.join(GROUPABLE_MODELS)} without BatchNorm")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    first = configs[0]
+    recipe = first.resolved_recipe()
+    ds = dataset if dataset is not None else data_mod.load_dataset(first.dataset, data_dir)
+    G = len(configs)
+    idx = [ds.subset_indices(c.train_size, c.seed_for("subset")).to(dev) for c in configs]
+    x_pool, y_pool = ds.x_pool.to(dev), ds.y_pool.to(dev)
+    n_eval = first.max_eval
+    x_dev, y_dev = ds.x_dev[:n_eval].to(dev), ds.y_dev[:n_eval].to(dev)
+    x_test, y_test = ds.x_test[:n_eval].to(dev), ds.y_test[:n_eval].to(dev)
+
+    model = GroupedModel([init_model(c, ds, dev) for c in configs]).to(dev)
+    opt, sched = make_optimizer(model.parameters(), recipe)
+    batch = min(recipe.batch_size, len(idx[0]))
+    terms = [term_weights(c, batch) for c in configs]
+    regs = [reg for _, reg in terms[0]]
+    names = [n for n, _ in first.terms]
+    weights = torch.tensor([[w for w, _ in t] for t in terms], device=dev).reshape(G, len(regs))
+    task_loss = _task_losses(ds.task)
+    gen = {s: [torch.Generator(device=dev).manual_seed(c.seed_for(s)) for c in configs]
+           for s in ("order", "projection", "augment")}
+    eval_at = eval_steps(recipe)
+    decay = [p for p, n in zip(model.stacked, model.names) if p.dim() > 2]  # members' weight tensors
+
+    results = [RunResult(config=c, status="done") for c in configs]
+    alive = torch.ones(G, device=dev)
+    running = torch.zeros(G, 2 + len(regs), device=dev)
+    n_running = 0
+    perms: list[Tensor | None] = [None] * G
+    pos = [len(i) for i in idx]
+    bar = _progress(recipe.steps, first, progress)
+    if bar is not None:
+        bar.set_description(f"{first.dataset} group of {G}")
+    stopped = [None] * G  # step at which a member stopped (diverged)
+    for step in range(1, recipe.steps + 1):
+        rows = []
+        for g in range(G):
+            if pos[g] + batch > len(idx[g]):
+                perms[g], pos[g] = idx[g][torch.randperm(len(idx[g]), generator=gen["order"][g], device=dev)], 0
+            rows.append(perms[g][pos[g]:pos[g] + batch])
+            pos[g] += batch
+        b = torch.cat(rows)
+        xb, yb = x_pool[b], y_pool[b]
+        if recipe.augment and xb.dim() == 4:
+            xb = torch.cat([_augment(c, gn) for c, gn in zip(xb.split(batch), gen["augment"])])
+        x = xb.detach().requires_grad_(True) if regs else xb
+        logits = model(x)
+        task = task_loss(logits, yb).view(G, batch).mean(1)
+        parts = []
+        for t, reg in enumerate(regs):
+            value = reg.evaluate(model, x, logits, yb if reg.needs_labels else None, generator=gen["projection"])
+            # A λ of 0 skips the term in a solo run: its logged value is 0 there, so here too.
+            parts.append(value.view(G, batch).mean(1) * (weights[:, t] > 0))
+        loss = task + sum(weights[:, t] * p for t, p in enumerate(parts)) if parts else task
+        if recipe.weight_decay:
+            loss = loss + recipe.weight_decay * sum(p.pow(2).flatten(1).sum(1) for p in decay)
+        opt.zero_grad(set_to_none=True)
+        (loss * alive).sum().backward()
+        opt.step()
+        sched.step()
+        running += torch.stack([loss.detach(), task.detach(), *(p.detach() for p in parts)], dim=1)
+        n_running += 1
+        if step in eval_at or step % 100 == 0:
+            avg = (running / n_running).tolist()
+            running.zero_()
+            n_running = 0
+            for g in range(G):
+                if stopped[g] is None and not all(math.isfinite(v) for v in avg[g]):
+                    stopped[g] = step
+                    results[g].status, results[g].error = "diverged", f"non-finite loss at step {step}"
+                    results[g].metrics.update(steps=step, weight_sq_norm=_member_sq_norm(model, g))
+                    _freeze(model, opt, g)
+                    alive[g] = 0
+            if bar is not None:
+                bar.set_postfix(alive=int(alive.sum().item()), refresh=False)
+            if not alive.any():
+                break
+            if step in eval_at:
+                evals = {split: _evaluate_group(model, xs, ys, ds.task, recipe.eval_batch_size)
+                         for split, xs, ys in (("dev", x_dev, y_dev), ("test", x_test, y_test)) if len(xs)}
+                for g in range(G):
+                    if stopped[g] is None:
+                        point = {"step": step, **{f"train_{k}": v for k, v in
+                                                  zip(["loss", "task", *_unique(names)], avg[g])}}
+                        for split, per_member in evals.items():
+                            point.update({f"{split}_{k}": v for k, v in per_member[g].items()})
+                        results[g].curve.append(point)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    seconds = (time.perf_counter() - start) / G
+    test_outs = _group_outputs(model, x_test, recipe.eval_batch_size) if ds.task == "regression" else None
+    train_outs = _own_outputs(model, torch.stack([x_pool[i] for i in idx]), recipe.eval_batch_size)
+    for g, (res, cfg) in enumerate(zip(results, configs)):
+        res.seconds = seconds
+        res.extras["group_size"] = G
+        if res.status != "done":
+            continue
+        res.metrics.update(steps=step, weight_sq_norm=_member_sq_norm(model, g))
+        if res.curve:
+            res.metrics.update({k: v for k, v in res.curve[-1].items() if k != "step"})
+            res.metrics.update({f"train_{k}": v for k, v in metrics(train_outs[g], y_pool[idx[g]], ds.task).items()
+                                if k != "loss"})
+            if test_outs is not None:
+                for name, values in (("test_pred", test_outs[g]), ("train_x", x_pool[idx[g]]),
+                                     ("train_y", y_pool[idx[g]])):
+                    res.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]
+    return results
+
+
+def _unique(names: list[str]) -> list[str]:
+    from .objective import _unique_names
+
+    return _unique_names(names)
+
+
+def _member_sq_norm(model: GroupedModel, g: int) -> float:
+    return float(sum(p[g].detach().pow(2).sum().item() for p in model.stacked))
+
+
+@torch.no_grad()
+def _freeze(model: GroupedModel, opt: torch.optim.Optimizer, g: int) -> None:
+    """Zero a diverged member's weights and optimizer state: with its loss masked it then stays put."""
+    for p in model.stacked:
+        p[g] = 0
+        for v in opt.state.get(p, {}).values():
+            if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == model.size:
+                v[g] = 0
