@@ -18,7 +18,7 @@ from gradreg.data import (
 )
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FILE_FREE = ["sin", "sin2", "digits"]
+FILE_FREE = ["sin", "sin2", "sin_lownoise", "digits"]
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -162,7 +162,7 @@ def test_file_free_datasets_are_deterministic(name):
 
 @pytest.mark.parametrize("name, pool, dev, test, shape", [
     ("sin", 20_000, 1_000, 900, (1,)), ("sin2", 40_000, 1_000, 900, (1,)),
-    ("digits", 997, 300, 500, (1, 8, 8)),
+    ("sin_lownoise", 20_000, 1_000, 900, (1,)), ("digits", 997, 300, 500, (1, 8, 8)),
 ])
 def test_file_free_shapes(name, pool, dev, test, shape):
     ds = load_dataset(name)
@@ -178,6 +178,14 @@ def test_sin_values():
     noise = ds.y_pool - torch.sin(5 * ds.x_pool)
     assert abs(noise.std().item() - 0.1) < 0.005 and abs(noise.mean().item()) < 0.005
     assert load_dataset("sin", dev_size=50).x_dev.shape == (50, 1)
+
+
+def test_sin_lownoise_is_sin_with_a_tenth_of_the_noise():
+    sin, low = load_dataset("sin"), load_dataset("sin_lownoise")
+    assert torch.equal(low.x_pool, sin.x_pool) and torch.equal(low.x_test, sin.x_test)
+    assert torch.allclose(low.y_pool - torch.sin(5 * low.x_pool), 0.1 * (sin.y_pool - torch.sin(5 * sin.x_pool)),
+                          atol=1e-6)
+    assert torch.equal(low.y_test, sin.y_test)
 
 
 def test_sin2_pairs():

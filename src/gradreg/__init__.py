@@ -8,6 +8,7 @@ from .data import DATASETS, DataError, Dataset, load_dataset
 from .models import MODELS, count_parameters, create_model, register_model
 from .recipes import RECIPES, Recipe, get_recipe
 from .train import RunConfig, RunResult
+from .grouped import GroupedModel, train_group
 from .experiments import EXPERIMENTS, get_experiment
 from .store import ResultStore
 from .sweep import run_sweep
@@ -19,6 +20,6 @@ __all__ = [
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch",
     "DATASETS", "DataError", "Dataset", "load_dataset", "MODELS", "count_parameters", "create_model",
-    "register_model", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult",
+    "register_model", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
     "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
 ]

@@ -106,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
 # Which recipe a dataset uses unless the run names one.
 DEFAULT_RECIPE: dict[str, str] = {
     "mnist": "mnist", "cifar10": "cifar", "cifar100": "cifar", "tinyimagenet": "cifar",
-    "sin": "sin", "sin2": "sin", "digits": "digits", "npz": "mnist",
+    "sin": "sin", "sin2": "sin", "sin_lownoise": "sin", "digits": "digits", "npz": "mnist",
 }
 
 
