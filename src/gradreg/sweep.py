@@ -5,10 +5,15 @@ written there as soon as it ends, so stopping a sweep (Ctrl-C, ``kill -9``, a lo
 most the runs in flight, and running the same sweep again trains only what is missing. Two sweeps
 may share one database: claims are atomic, so no run is trained twice.
 
+Runs are trained in *tasks*: a single run, or a group of runs that differ only in seed and λ trained
+as one vectorized computation (:mod:`gradreg.grouped`) where that pays (:func:`auto_group_size`). A
+task's runs are claimed together and stored one by one as the task ends; if the task raises, all its
+runs are recorded as failed.
+
 Backends:
 
 * ``"local"``: ``workers`` processes on this machine (in this process when ``workers == 1``).
-* ``"ray"``: one ray task per run, on a local ray instance or the cluster at ``address``. Tasks
+* ``"ray"``: one ray task per task, on a local ray instance or the cluster at ``address``. Tasks
   return their results to this process (the driver), which alone reads and writes the store, so the
   cluster needs no shared filesystem; it needs the same gradreg and torch installed on every node.
 """
