@@ -117,8 +117,17 @@ def test_lenet_group_with_labels_and_weight_decay_matches_solo_runs():
         _assert_same_run(train(config, dataset=ds, progress=False), result)
 
 
-def test_a_diverging_member_leaves_the_others_untouched():
+def test_a_zero_lambda_term_draws_nothing_from_the_runs_stream():
+    """A solo run skips a λ = 0 term; a group must not let it shift the other terms' projections."""
+    configs = [sin_config(0, (("spectreg", 0.0), ("randomonehot", 0.01))),
+               sin_config(1, (("spectreg", 0.02), ("randomonehot", 0.0)))]
     ds = data_mod.load_dataset("sin")
+    for config, result in zip(configs, train_group(configs, dataset=ds, progress=False)):
+        _assert_same_run(train(config, dataset=ds, progress=False), result)
+
+
+def test_a_diverging_member_leaves_the_others_untouched():
+    ds = data_mod.load_dataset("sin")  # a fresh copy (load_dataset does not cache): poisoning it is local
     configs = [sin_config(s, (("spectreg", 0.01),), steps=120) for s in range(3)]
     # Poison one training point of member 1's subset only: its loss turns NaN, the others never see it.
     own = [set(ds.subset_indices(c.train_size, c.seed_for("subset")).tolist()) for c in configs]
@@ -138,6 +147,8 @@ def test_group_errors_are_clear():
         train_group([sin_config(0), sin_config(1, lr=0.01)], progress=False)
     with pytest.raises(ValueError, match="cannot train grouped"):
         train_group([RunConfig(dataset="digits", batchnorm=True)] * 2, progress=False)
+    with pytest.raises(ValueError, match="without BatchNorm and dropout"):  # solo masks cannot be replayed
+        train_group([RunConfig(dataset="mnist", seed=s) for s in range(2)], progress=False)
     with pytest.raises(ValueError, match="one architecture"):
         GroupedModel([nn.Linear(2, 3), nn.Linear(3, 3)])
     with pytest.raises(ValueError, match="cannot stack BatchNorm"):
@@ -157,6 +168,7 @@ def test_group_key_ignores_only_seed_and_lambda():
     assert group_key(a) != group_key(sin_config(0, (("spectreg", 0.01),), lr=0.01))
     assert groupable(a) and groupable(digits_config()) and not groupable(RunConfig(dataset="cifar10"))
     assert not groupable(RunConfig(dataset="digits", batchnorm=True))
+    assert not groupable(RunConfig(dataset="mnist"))  # the MNIST recipe's dropout 0.5
 
 
 def test_plan_tasks_groups_splits_for_workers_and_falls_back():
@@ -177,6 +189,7 @@ def test_plan_tasks_groups_splits_for_workers_and_falls_back():
     assert len(plan_tasks(nets, group_size=2, device="cpu")) == 2  # an explicit size groups LeNets too
     with pytest.raises(ValueError, match="group_size must be >= 1"):
         plan_tasks(sins, group_size=0)
+    assert plan_tasks([]) == []
 
 
 def test_grouped_sweep_stores_every_run_like_solo_runs(tmp_path):
@@ -192,16 +205,25 @@ def test_grouped_sweep_stores_every_run_like_solo_runs(tmp_path):
             assert math.isclose(a["metrics"]["test_mse"], b["metrics"]["test_mse"], rel_tol=1e-4)
 
 
-def test_a_raising_group_fails_all_its_runs_and_an_interrupt_releases_them(tmp_path, monkeypatch):
+def test_a_raising_group_is_retried_run_by_run_and_an_interrupt_releases_it(tmp_path, monkeypatch):
+    real_train = sweep_mod.train
+
     def boom(configs, **kwargs):
         raise RuntimeError("boom in a group")
 
+    def flaky(config, **kwargs):
+        if config.seed == 1:
+            raise RuntimeError("boom in run 1")
+        return real_train(config, **kwargs)
+
     monkeypatch.setattr(sweep_mod, "train_group", boom)
+    monkeypatch.setattr(sweep_mod, "train", flaky)
     configs = [sin_config(s, (("spectreg", 0.01),)) for s in range(3)]
     summary = run_sweep(configs, tmp_path / "runs.db", progress=False)
-    assert (summary.failed, summary.done) == (3, 0)
+    assert (summary.failed, summary.done) == (1, 2)  # the group's failure cost only the bad run
     with ResultStore(tmp_path / "runs.db") as store:
-        assert all("boom in a group" in store.get(c.key())["error"] for c in configs)
+        assert "boom in run 1" in store.get(configs[1].key())["error"]
+        assert store.get(configs[0].key())["status"] == store.get(configs[2].key())["status"] == "done"
 
     def interrupted(configs, **kwargs):
         raise KeyboardInterrupt

@@ -384,3 +384,16 @@ def test_on_device_matches_exact(device, name, strategy):
     got = call(name, net.to(device), x.to(device), y.to(device), seed=3, **opts)
     assert got.device.type == device
     torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_objective_parts_keep_the_terms_order_when_a_weight_is_zero():
+    """A zero-weight term is skipped but still reported (as 0) under its own name, in the terms' order."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))
+    x, y = torch.randn(6, 3), torch.randint(0, 5, (6,))
+    out = gradreg.Objective("cross_entropy", [(0.0, "spectreg"), (0.5, "onehot")])(model, x, y)
+    assert list(out.terms) == ["spectreg", "onehot"]
+    assert out.terms["spectreg"].item() == 0.0
+    onehot = gradreg.OneHot()(model, x, y).mean()
+    torch.testing.assert_close(out.terms["onehot"], onehot)
+    torch.testing.assert_close(out.loss, out.task + 0.5 * onehot)

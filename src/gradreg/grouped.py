@@ -9,9 +9,10 @@ and the optimizers act elementwise, so :func:`train_group` gives each run what :
 gives it alone, to float tolerance: same seed streams for the subset, initialization, batch order and
 projections. A member whose loss turns non-finite is recorded as diverged and frozen; the others go on.
 
-Limits: models with BatchNorm are not grouped (running statistics are per-run state that a stacked
-forward would share); dropout masks are drawn per member but from one stream, so runs with dropout
-match their solo runs in distribution, not bit for bit.
+Limits: :func:`train_group` refuses models with BatchNorm (running statistics are per-run state) and
+runs with dropout (a solo run draws its masks from the global random stream its seed set, which a
+group cannot replay for each member). :class:`GroupedModel` itself stacks dropout models (vmap draws
+each member's masks independently), for users who need only the distribution, not the bit pattern.
 """
 from __future__ import annotations
 
@@ -152,8 +153,11 @@ GROUPABLE_MODELS = ("mlp", "lenet5")
 
 
 def groupable(config: RunConfig) -> bool:
-    """Whether the run's model can be stacked: the registry's models without BatchNorm."""
-    return config.model_name in GROUPABLE_MODELS and not config.batchnorm
+    """Whether the run can train in a group and still give exactly its solo result: the registry's
+    models without BatchNorm (per-run running statistics) and without dropout (a solo run draws its
+    masks from the global stream its seed set; a group cannot replay G such streams)."""
+    return (config.model_name in GROUPABLE_MODELS and not config.batchnorm
+            and config.resolved_recipe().dropout == 0)
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -174,19 +178,22 @@ def _evaluate_group(model: GroupedModel, x: Tensor, y: Tensor, task: str, batch_
 
 def _group_outputs(model: GroupedModel, x: Tensor, batch_size: int) -> Tensor:
     """``(G, N, m)``: every member's outputs on the same points ``x`` ``(N, ...)``."""
-    return _own_outputs(model, x.unsqueeze(0).expand(model.size, *x.shape), batch_size)
+    rows = torch.arange(len(x), device=x.device)
+    return _own_outputs(model, x, rows.unsqueeze(0).expand(model.size, len(x)), batch_size)
 
 
 @torch.inference_mode()
-def _own_outputs(model: GroupedModel, x: Tensor, batch_size: int) -> Tensor:
-    """``(G, N, m)``: member g's outputs on its own points ``x[g]`` (``x``: ``(G, N, ...)``), in chunks."""
+def _own_outputs(model: GroupedModel, x: Tensor, rows: Tensor, batch_size: int) -> Tensor:
+    """``(G, N, m)``: member g's outputs on ``x[rows[g]]``, gathered chunk by chunk so that one forward
+    pass holds about ``batch_size`` points in all (at least 64 per member), not G times as many."""
     was_training = model.training
     model.eval()
+    per_member = max(64, batch_size // model.size)
     chunks = []
-    for i in range(0, x.shape[1], batch_size):
-        xb = x[:, i:i + batch_size]
-        out = model(xb.reshape(-1, *xb.shape[2:]))
-        chunks.append(out.reshape(*xb.shape[:2], *out.shape[1:]))
+    for i in range(0, rows.shape[1], per_member):
+        r = rows[:, i:i + per_member]
+        out = model(x[r.reshape(-1)])
+        chunks.append(out.reshape(*r.shape, *out.shape[1:]))
     model.train(was_training)
     return torch.cat(chunks, dim=1)
 
@@ -195,8 +202,8 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
                 device: str | torch.device = "auto", progress: bool = True) -> list[RunResult]:
     """Train runs that share a :func:`group_key` together; one :class:`RunResult` per config, in order.
 
-    Each result matches ``train(config)`` alone to float tolerance (models without dropout; see the
-    module's notes). ``seconds`` is the group's wall time divided by its size.
+    Each result matches ``train(config)`` alone to float tolerance. ``seconds`` is the group's wall
+    time divided by its size.
     """
     configs = list(configs)
     if not configs:
@@ -206,8 +213,9 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
         raise ValueError("train_group needs runs that differ only in seed and λ (equal group_key); "
                          f"got {len(keys)} different groups")
     if not groupable(configs[0]):
-        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}) cannot train grouped; "
-                         f"groupable: {', '.join(GROUPABLE_MODELS)} without BatchNorm")
+        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}, dropout="
+                         f"{configs[0].resolved_recipe().dropout}) cannot train grouped; groupable: "
+                         f"{', '.join(GROUPABLE_MODELS)} without BatchNorm and dropout")
     start = time.perf_counter()
     dev = resolve_device(device)
     first = configs[0]
@@ -230,6 +238,7 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
     task_loss = _task_losses(ds.task)
     gen = {s: [torch.Generator(device=dev).manual_seed(c.seed_for(s)) for c in configs]
            for s in ("order", "projection", "augment")}
+    scratch = [torch.Generator(device=dev).manual_seed(g) for g in range(G)]
     eval_at = eval_steps(recipe)
     decay = [p for p, n in zip(model.stacked, model.names) if p.dim() > 2]  # members' weight tensors
 
@@ -259,14 +268,25 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
         task = task_loss(logits, yb).view(G, batch).mean(1)
         parts = []
         for t, reg in enumerate(regs):
-            value = reg.evaluate(model, x, logits, yb if reg.needs_labels else None, generator=gen["projection"])
-            # A λ of 0 skips the term in a solo run: its logged value is 0 there, so here too.
-            parts.append(value.view(G, batch).mean(1) * (weights[:, t] > 0))
+            on = weights[:, t] > 0
+            if not on.any():
+                parts.append(torch.zeros_like(task))
+                continue
+            # A solo run skips a term whose λ is 0: it draws no projections from the run's stream and
+            # logs 0. A member with λ = 0 therefore draws from a scratch generator and is masked out.
+            gens = [gen["projection"][g] if w > 0 else scratch[g] for g, w in enumerate(on.tolist())]
+            value = reg.evaluate(model, x, logits, yb if reg.needs_labels else None, generator=gens)
+            parts.append(torch.where(on, value.view(G, batch).mean(1), 0.0))
         loss = task + sum(weights[:, t] * p for t, p in enumerate(parts)) if parts else task
         if recipe.weight_decay:
             loss = loss + recipe.weight_decay * sum(p.pow(2).flatten(1).sum(1) for p in decay)
         opt.zero_grad(set_to_none=True)
         (loss * alive).sum().backward()
+        if not alive.all():  # a stopped member's data may still give 0·NaN gradients: keep it put
+            dead = alive == 0
+            for p in model.stacked:
+                if p.grad is not None:
+                    p.grad[dead] = 0
         opt.step()
         sched.step()
         running += torch.stack([loss.detach(), task.detach(), *(p.detach() for p in parts)], dim=1)
@@ -303,7 +323,7 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
 
     seconds = (time.perf_counter() - start) / G
     test_outs = _group_outputs(model, x_test, recipe.eval_batch_size) if ds.task == "regression" else None
-    train_outs = _own_outputs(model, torch.stack([x_pool[i] for i in idx]), recipe.eval_batch_size)
+    train_outs = _own_outputs(model, x_pool, torch.stack(idx), recipe.eval_batch_size)
     for g, (res, cfg) in enumerate(zip(results, configs)):
         res.seconds = seconds
         res.extras["group_size"] = G

@@ -90,7 +90,8 @@ class Objective:
         logits = model(x)
         labeled = logits if unlabeled is None else logits[:b]  # no view node when there is nothing to cut
         task = self.task_loss(labeled, y)
-        loss, parts = task, {}
+        zero = torch.zeros((), device=task.device, dtype=task.dtype)
+        loss, parts = task, dict.fromkeys(self.names, zero)  # every term, in the terms' order
         for weight, term, name in active:
             # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole x.
             value = term.evaluate(model, x, labeled if term.needs_labels else logits,
@@ -98,8 +99,6 @@ class Objective:
                                   generator=generator)
             parts[name] = value.mean()
             loss = loss + weight * parts[name]
-        for name in self.names:
-            parts.setdefault(name, torch.zeros((), device=task.device, dtype=task.dtype))
         return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)
 
 

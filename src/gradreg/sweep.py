@@ -141,33 +141,42 @@ def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_
               retry_failed: bool, progress: bool) -> list[tuple[str, str]]:
     """Claim, train and store one task's runs; returns ``(key, outcome)`` per run (``OUTCOMES``).
 
-    Runs another sweep holds are left to it ("busy"). Any exception from training is recorded as
-    ``failed`` (for every run of the task) with its traceback so the sweep goes on; an interruption
-    (Ctrl-C) deletes the task's rows again, since nothing of them was finished.
+    Runs another sweep holds are left to it ("busy"). If a group raises, its runs are trained again
+    one by one, so that one bad run (or a group too large for the device) fails only itself. A run
+    that raises is recorded as ``failed`` with its traceback and the sweep goes on; an interruption
+    (Ctrl-C) deletes the task's unfinished rows again.
     """
     outcomes = {c.key(): "busy" for c in configs}
-    claimed = [c for c in configs if store.claim(c, owner, retry_failed=retry_failed)]
-    if not claimed:
-        return list(outcomes.items())
-    start = time.perf_counter()
+    claimed: list[RunConfig] = []
     where = str(resolve_device(device))
     try:
         with _Heartbeat(store, owner) as beat:
-            for c in claimed:
-                beat.add(c.key())
-            results = _train_task(claimed, data_dir=data_dir, device=device, progress=progress)
-    except Exception:
-        seconds = (time.perf_counter() - start) / len(claimed)
-        for c in claimed:
-            store.fail(c, owner, traceback.format_exc(), seconds=seconds, device=where)
-            outcomes[c.key()] = "failed"
-        return list(outcomes.items())
+            for c in configs:
+                if store.claim(c, owner, retry_failed=retry_failed):
+                    claimed.append(c)
+                    beat.add(c.key())
+            batches = [claimed] if len(claimed) > 1 else [[c] for c in claimed]
+            while batches:
+                batch = batches.pop(0)
+                start = time.perf_counter()
+                try:
+                    results = _train_task(batch, data_dir=data_dir, device=device, progress=progress)
+                except Exception:
+                    if len(batch) > 1:  # retry the group's runs alone
+                        batches = [[c] for c in batch] + batches
+                        continue
+                    store.fail(batch[0], owner, traceback.format_exc(), seconds=time.perf_counter() - start,
+                               device=where)
+                    outcomes[batch[0].key()] = "failed"
+                    continue
+                for result in results:
+                    key = result.config.key()
+                    outcomes[key] = result.status if store.finish(result, owner, device=where) else "busy"
     except BaseException:  # KeyboardInterrupt, SystemExit
         for c in claimed:
-            store.release(c.key(), owner)
+            if outcomes[c.key()] == "busy":  # claimed here but not finished
+                store.release(c.key(), owner)
         raise
-    for result in results:
-        outcomes[result.config.key()] = result.status if store.finish(result, owner, device=where) else "busy"
     return list(outcomes.items())
 
 
@@ -261,7 +270,19 @@ def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, thread
     try:
         runs = [RunConfig.from_dict(c) for c in configs]
         out["device"] = str(resolve_device(device))
-        out["results"] = [r.to_dict() for r in _train_task(runs, data_dir=data_dir, device=device, progress=False)]
+        try:
+            out["results"] = [r.to_dict() for r in _train_task(runs, data_dir=data_dir, device=device,
+                                                               progress=False)]
+        except Exception:
+            if len(runs) == 1:
+                raise
+            out["results"] = []
+            for run in runs:  # the group failed: each run alone, so one bad run fails only itself
+                try:
+                    out["results"] += [r.to_dict() for r in _train_task([run], data_dir=data_dir, device=device,
+                                                                         progress=False)]
+                except Exception:
+                    out["results"].append({"config": run.to_dict(), "error": traceback.format_exc()})
     except Exception:
         out["error"] = traceback.format_exc()
     out["seconds"] = (time.perf_counter() - start) / max(1, len(configs))
@@ -346,6 +367,11 @@ def _store_ray_result(ray: Any, ref: Any, configs: list[RunConfig], store: Resul
         return [(c.key(), "failed") for c in configs]
     outcomes = []
     for d in out["results"]:
+        if "status" not in d:  # this run raised
+            config = RunConfig.from_dict(d["config"])
+            store.fail(config, owner, d["error"], seconds=out["seconds"], device=out["device"])
+            outcomes.append((config.key(), "failed"))
+            continue
         result = _result_from_dict(d)
         stored = store.finish(result, owner, device=out["device"], versions=out["versions"])
         outcomes.append((result.config.key(), result.status if stored else "busy"))
@@ -376,6 +402,8 @@ def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, worke
     allow it, so that no worker idles while another trains one huge group."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if not configs:
+        return []
     by_key: dict[str, list[RunConfig]] = {}
     for c in configs:
         by_key.setdefault(group_key(c), []).append(c)
