@@ -180,3 +180,28 @@ def test_release_dead(tmp_path):
     assert store.claim(_config(0), dead) and store.claim(_config(1), owner_id())
     assert store.release_dead() == 1
     assert store.statuses() == {_config(1).key(): "running"}
+
+
+def test_large_curves_and_extras_are_stored_compressed_and_read_back(tmp_path):
+    db = tmp_path / "runs.db"
+    big = _result(_config(1))
+    big.curve = [{"step": s, "dev_mse": 1.0 / (s + 1)} for s in range(200)]
+    big.extras = {"test_pred": [round(0.001 * i, 6) for i in range(900)]}
+    small = _result(_config(2))
+    with ResultStore(db) as store:
+        for r in (big, small):
+            store.claim(r.config, "me")
+            assert store.finish(r, "me")
+        kinds = dict(store.conn.execute("SELECT key, typeof(curve) || '/' || typeof(extras) FROM runs"))
+        assert kinds == {big.config.key(): "blob/blob", small.config.key(): "text/text"}
+        got = store.get(big.config.key())
+        assert got["curve"] == big.curve and got["extras"] == big.extras
+        assert store.get(small.config.key())["curve"] == small.curve
+        # A database written before compression: compact() packs its text values, losing nothing.
+        store.conn.execute("UPDATE runs SET curve = ?, extras = ? WHERE key = ?",
+                           (to_json(big.curve), to_json(big.extras), big.config.key()))
+        before = store.rows()
+        store.compact()
+        assert store.rows() == before
+        assert store.conn.execute("SELECT typeof(extras) FROM runs WHERE key = ?",
+                                  (big.config.key(),)).fetchone() == ("blob",)

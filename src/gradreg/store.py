@@ -11,6 +11,10 @@ the result (``done``/``diverged``) or :meth:`~ResultStore.fail` stores the trace
 A row left ``running`` by a worker that died (its pid is gone, or its heartbeat is stale) is taken
 over by the next claim, so an interrupted sweep resumes where it stopped.
 
+The bulky columns, ``curve`` and ``extras`` (learning curves, SIN predictions), are stored as
+zlib-compressed JSON when large (a BLOB; small values stay JSON text), which keeps a database of
+hundreds of runs small enough to commit. Read them through :meth:`ResultStore.rows` / :meth:`~ResultStore.get`.
+
 The file must live on a local disk: SQLite's locking (and WAL's shared memory) is unreliable on
 network filesystems. Spread runs over machines with the ray backend of :mod:`gradreg.sweep`, whose
 driver alone writes the store.
@@ -28,6 +32,7 @@ import subprocess
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,6 +134,23 @@ def _finite(value: Any) -> Any:
     if hasattr(value, "__float__"):
         return _finite(float(value))
     return repr(value)  # e.g. a model object in extras: keep a trace instead of failing the run
+
+
+_COMPRESS_ABOVE = 512  # characters of JSON; below this zlib saves little
+
+
+def to_packed(value: Any) -> str | bytes | None:
+    """:func:`to_json`, zlib-compressed into bytes when long (read back with :func:`from_packed`)."""
+    text = to_json(value)
+    if text is None or len(text) <= _COMPRESS_ABOVE:
+        return text
+    return zlib.compress(text.encode(), 9)
+
+
+def from_packed(value: str | bytes | None) -> Any:
+    if value is None:
+        return None
+    return json.loads(zlib.decompress(value) if isinstance(value, bytes) else value)
 
 
 def to_json(value: Any) -> str | None:
@@ -277,8 +299,8 @@ class ResultStore:
             conn.execute(
                 "UPDATE runs SET config = ?, status = ?, metrics = ?, curve = ?, extras = ?, error = ?, "
                 "seconds = ?, heartbeat = ?, finished = ?, versions = ?, device = ? WHERE key = ?",
-                (to_json(result.config.to_dict()), result.status, to_json(result.metrics), to_json(result.curve),
-                 to_json(result.extras), result.error, float(result.seconds), now, now,
+                (to_json(result.config.to_dict()), result.status, to_json(result.metrics), to_packed(result.curve),
+                 to_packed(result.extras), result.error, float(result.seconds), now, now,
                  to_json(versions if versions is not None else runtime_versions()), device, key))
         return True
 
@@ -353,8 +375,7 @@ class ResultStore:
     def _decode(row: tuple) -> dict[str, Any]:
         d = dict(zip(_COLUMNS, row))
         for name in _JSON_COLUMNS:
-            if d.get(name) is not None:
-                d[name] = json.loads(d[name])
+            d[name] = from_packed(d.get(name))
         return d
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -385,3 +406,16 @@ class ResultStore:
     def __len__(self) -> int:
         with self._lock:
             return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    def compact(self) -> None:
+        """Compress the large ``curve``/``extras`` values written before compression existed, checkpoint
+        the WAL and VACUUM: the smallest single file, e.g. before committing it."""
+        with self._transaction() as conn:
+            rows = conn.execute("SELECT key, curve, extras FROM runs WHERE typeof(curve) = 'text' "
+                                "OR typeof(extras) = 'text'").fetchall()
+            for key, curve, extras in rows:
+                conn.execute("UPDATE runs SET curve = ?, extras = ? WHERE key = ?",
+                             (to_packed(from_packed(curve)), to_packed(from_packed(extras)), key))
+        with self._lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.execute("VACUUM")
