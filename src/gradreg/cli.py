@@ -31,7 +31,8 @@ def _fail(message: str) -> None:
 
 @app.command()
 def train(
-    dataset: str = typer.Option("digits", help="sin, sin2, sin_lownoise, digits, mnist, cifar10, cifar100, tinyimagenet, npz"),
+    dataset: str = typer.Option(
+        "digits", help="sin, sin2, sin_lownoise, digits, mnist, cifar10, cifar100, tinyimagenet, npz"),
     train_size: Optional[int] = typer.Option(None, help="training points drawn from the pool (default: all)"),
     model: Optional[str] = typer.Option(None, help="model name (default: the dataset's)"),
     batchnorm: bool = typer.Option(False, help="BatchNorm in the model (Table 1)"),

@@ -174,7 +174,8 @@ class Regularizer(abc.ABC):
         _check_choice("batch_mode", self.batch_mode, _BATCH_MODES)
 
     def __call__(self, model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor | None = None, *,
-                 logits: Tensor | None = None, generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
+                 logits: Tensor | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() < 2:
             raise ValueError(f"{self.name}: x must be a batched tensor of shape (B, ...), "
                              f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")

@@ -27,7 +27,8 @@ from .regularizers import get_regularizer
 __all__ = ["RunConfig", "RunResult", "train", "evaluate", "metrics", "resolve_device", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet",
-                 "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet", "sin": "mlp", "sin2": "mlp", "sin_lownoise": "mlp"}
+                 "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet",
+                 "sin": "mlp", "sin2": "mlp", "sin_lownoise": "mlp"}
 # Datasets whose paper setup fixes the training-set size (SIN: 100 points, 6.1.3); others use the pool.
 DEFAULT_TRAIN_SIZE = {"sin": 100, "sin2": 100, "sin_lownoise": 100}
 
