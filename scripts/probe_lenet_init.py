@@ -38,8 +38,8 @@ def _glorot_init(config, ds, device):
 def _run(args: tuple[str, int, str, int]) -> dict:
     init, seed, data_dir, steps = args
     torch.set_num_threads(1)
-    if init == "glorot":
-        train_mod.init_model = _glorot_init
+    # Pool workers are reused across jobs: set the init for every job, never only for one arm.
+    train_mod.init_model = _glorot_init if init == "glorot" else _original_init
     config = RunConfig(dataset="mnist", train_size=2000, seed=seed, overrides=(("steps", steps),))
     r = train_mod.train(config, data_dir=data_dir, progress=False)
     return {"init": init, "seed": seed, "status": r.status, "dev_acc": r.metrics.get("dev_acc"),
@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     jobs = [(init, DEV_SEED_OFFSET + s, args.data_dir, args.steps)
             for s in range(args.seeds) for init in ("pytorch", "glorot")]
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
         rows = pool.map(_run, jobs, chunksize=1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
