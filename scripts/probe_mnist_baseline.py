@@ -8,7 +8,8 @@ for the record only. An arm is a comma-separated list of changes to the standard
 - ``default``: the recipe as the harness runs it;
 - ``glorot``: Keras' initialization of the paper's era (Glorot-uniform weights, zero biases) instead
   of PyTorch's (Kaiming-uniform(a=√5) weights, small uniform biases);
-- ``KEY=VALUE``: a recipe override, as ``gradreg train --set`` takes it (``lr=0.002``).
+- ``KEY=VALUE``: a recipe override, as ``gradreg train --set`` takes it (``lr=0.002``), or a
+  regularizer and its weight in the paper's convention when KEY is a registered one (``datagrad=50``).
 
     python scripts/probe_mnist_baseline.py --arms default glorot --out results/probe_mnist_init.csv
     python scripts/probe_mnist_baseline.py --arms lr=0.0005 default lr=0.002 --out results/probe_mnist_lr.csv
@@ -29,6 +30,7 @@ from torch import nn
 import gradreg.train as train_mod
 from gradreg.experiments import DEV_SEED_OFFSET
 from gradreg.recipes import Recipe
+from gradreg.regularizers import REGULARIZERS
 from gradreg.train import RunConfig
 
 _original_init = train_mod.init_model
@@ -43,9 +45,9 @@ def _glorot_init(config, ds, device):
     return model
 
 
-def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...]]:
-    """``(glorot, overrides)`` of an arm; unknown tokens and recipe keys are errors, raised before any run."""
-    glorot, overrides = False, []
+def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...], tuple[tuple[str, float], ...]]:
+    """``(glorot, overrides, terms)`` of an arm; unknown tokens and keys are errors, raised before any run."""
+    glorot, overrides, terms = False, [], []
     for token in filter(None, (t.strip() for t in arm.split(","))):
         if token == "default":
             continue
@@ -53,20 +55,24 @@ def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...]]:
             glorot = True
         elif "=" in token:
             key, value = token.split("=", 1)
-            overrides.append((key, value))
+            if key in REGULARIZERS:
+                terms.append((key, float(value)))
+            else:
+                overrides.append((key, value))
         else:
             raise SystemExit(f"unknown arm token {token!r}: use default, glorot or a recipe KEY=VALUE")
     Recipe().replace(**dict(overrides))  # validates keys and values
-    return glorot, tuple(overrides)
+    return glorot, tuple(overrides), tuple(terms)
 
 
 def _run(args: tuple[str, int, str, int]) -> dict:
     arm, seed, data_dir, steps = args
     torch.set_num_threads(1)
-    glorot, overrides = parse_arm(arm)
+    glorot, overrides, terms = parse_arm(arm)
     # Pool workers may be reused across jobs: set the init for every job, never only for one arm.
     train_mod.init_model = _glorot_init if glorot else _original_init
-    config = RunConfig(dataset="mnist", train_size=2000, seed=seed, overrides=(*overrides, ("steps", steps)))
+    config = RunConfig(dataset="mnist", train_size=2000, seed=seed, overrides=(*overrides, ("steps", steps)),
+                       terms=terms)
     r = train_mod.train(config, data_dir=data_dir, progress=False)
     return {"arm": arm, "seed": seed, "status": r.status, "dev_acc": r.metrics.get("dev_acc"),
             "test_acc": r.metrics.get("test_acc"), "seconds": round(r.seconds, 1)}
