@@ -60,7 +60,8 @@ def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...], tuple[tuple[
             else:
                 overrides.append((key, value))
         else:
-            raise SystemExit(f"unknown arm token {token!r}: use default, glorot or a recipe KEY=VALUE")
+            raise SystemExit(f"unknown arm token {token!r}: use default, glorot, a recipe KEY=VALUE or "
+                             f"a regularizer NAME=WEIGHT ({', '.join(sorted(REGULARIZERS))})")
     Recipe().replace(**dict(overrides))  # validates keys and values
     return glorot, tuple(overrides), tuple(terms)
 
