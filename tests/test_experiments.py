@@ -174,6 +174,23 @@ def test_shared_runs_have_shared_keys():
         get_experiment("table4").cell("NoGR", "WD=0.0005").run(None, 0).key()
 
 
+def test_with_overrides_applies_to_every_cell_over_its_own():
+    t4 = get_experiment("table4")
+    slow = t4.with_overrides({"lr": "0.001"})
+    assert slow.name == "table4" and [c.key for c in slow.cells] == [c.key for c in t4.cells]
+    for cell in slow.cells:
+        recipe = cell.config.resolved_recipe()
+        assert recipe.lr == 0.001
+        assert recipe.weight_decay == t4.cell(*cell.key).config.resolved_recipe().weight_decay
+    assert not {r.key() for r in slow.runs()} & {r.key() for r in t4.runs()}
+    # Overriding a cell's own setting: the override wins (the no-WD column gets weight decay back).
+    assert t4.with_overrides({"weight_decay": 0.0005}).cell("NoGR", "no WD").run(None, 0).key() == \
+        t4.cell("NoGR", "WD=0.0005").run(None, 0).key()
+    assert t4.with_overrides({}) is t4 and t4.with_overrides({"lr": 0.003}).runs() == t4.runs()
+    with pytest.raises(ValueError, match="table4: unknown recipe key"):
+        t4.with_overrides({"lrr": 1})
+
+
 def test_figure4_grid_of_weight_decays_and_lambdas():
     e = get_experiment("figure4")
     assert e.rows[0] == "wd = 0.0" and len(e.rows) == 6 and "20" in e.columns

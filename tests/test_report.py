@@ -180,8 +180,23 @@ def test_cli_sweep_resume_report_plot(tmp_path):
     assert fig.exit_code == 0 and (tmp_path / "fig" / "table7.png").exists()
 
 
+def test_cli_set_overrides_every_run_of_sweep_and_report(tmp_path):
+    db = str(tmp_path / "r.db")
+    args = ["--smoke", "--db", db, "--set", "lr=0.01"]
+    first = runner.invoke(app, ["sweep", "table7", *args, "--workers", "1", "--no-progress"])
+    assert first.exit_code == 0 and "10 done" in first.output, first.output
+    with ResultStore(db) as store:
+        assert {r["config"]["overrides"]["lr"] for r in store.rows()} == {0.01}
+    rep = runner.invoke(app, ["report", "table7", *args])
+    assert rep.exit_code == 0 and "missing" not in rep.output
+    plain = runner.invoke(app, ["report", "table7", "--smoke", "--db", db])
+    assert plain.exit_code == 0 and "missing=1" in plain.output
+
+
 @pytest.mark.parametrize("args,match", [
     (["sweep", "table99"], "valid: table1, table2"),
+    (["sweep", "table7", "--smoke", "--set", "lrr=0.1"], "unknown recipe key(s) lrr; valid:"),
+    (["report", "table7", "--set", "lr=fast"], "lr: expected float"),
     (["report", "table7", "--db", "/nonexistent/r.db"], "no results database"),
     (["sweep", "table7", "--lambdas", "best", "--smoke"], "--lambdas must be"),
 ])

@@ -109,10 +109,13 @@ def demo(seeds: int = typer.Option(3, min=1, help="runs per setting (different t
         typer.echo(f"{name:30s} {statistics.mean(values):15.2f} ({std:.2f})")
 
 
-def _experiment(name: str):
+SET_HELP = "recipe override KEY=VALUE for every run, repeatable, e.g. --set lr=0.001"
+
+
+def _experiment(name: str, set_: list[str] | None = None):
     from .experiments import get_experiment
     try:
-        return get_experiment(name)
+        return get_experiment(name).with_overrides(dict(_parse_pairs(set_ or [], "--set")))
     except ValueError as e:
         _fail(str(e))
 
@@ -166,6 +169,7 @@ def sweep(
     experiment: str = typer.Argument(..., help="a name from `gradreg experiments`"),
     lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
@@ -183,7 +187,7 @@ def sweep(
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
     from .sweep import default_workers, run_sweep
 
-    exp = _experiment(experiment)
+    exp = _experiment(experiment, set_)
     plan = _plan(exp, lambdas, seeds, smoke, db)
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
@@ -204,6 +208,7 @@ def report(
     experiment: str = typer.Argument(...),
     lambdas: str = typer.Option("paper", help="paper or selected (the λ chosen on the dev set)"),
     seeds: Optional[int] = typer.Option(None),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
@@ -212,7 +217,7 @@ def report(
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
     from .report import collect, markdown_table, write_csv
 
-    exp = _experiment(experiment)
+    exp = _experiment(experiment, set_)
     with _existing_store(db, experiment) as store:
         try:
             stats = collect(exp, store, lambdas=lambdas, seeds=seeds, smoke=smoke)
@@ -232,13 +237,14 @@ def plot(
     experiment: str = typer.Argument(...),
     lambdas: str = typer.Option("paper", help="paper or selected"),
     seeds: Optional[int] = typer.Option(None),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
 
-    exp = _experiment(experiment)
+    exp = _experiment(experiment, set_)
     with _existing_store(db, experiment) as store:
         try:
             paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .recipes import DEFAULT_RECIPE, get_recipe
 from .regularizers import REGULARIZERS
 from .train import RunConfig
 
@@ -192,6 +191,23 @@ class Experiment:
         every = [c for c in self.cells if c.baseline]
         return every[0] if len(every) == 1 else None
 
+    def with_overrides(self, overrides: dict[str, object] | None) -> "Experiment":
+        """The same experiment with recipe ``overrides`` applied to every cell (over the cell's own).
+
+        E.g. ``get_experiment("table4").with_overrides({"lr": 0.001})`` is Table 4 at Adam's usual
+        rate. Overrides equal to a cell's recipe value change nothing, so those runs keep their keys.
+        """
+        if not overrides:
+            return self
+        try:
+            cells = tuple(dataclasses.replace(c, config=dataclasses.replace(
+                c.config, overrides=tuple((dict(c.config.overrides) | dict(overrides)).items())))
+                for c in self.cells)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
+        spelled = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        return dataclasses.replace(self, cells=cells, notes=f"{self.notes} Recipe overrides: {spelled}.".strip())
+
     # --- runs -------------------------------------------------------------------------------------
 
     def plan(self, *, seeds: int | None = None, lambdas: str = "paper", smoke: bool = False) -> list[PlannedRun]:
@@ -300,11 +316,10 @@ def estimate_run_seconds(config: RunConfig, seconds_per_step: dict[str, float] |
 
 
 def _config(dataset: str, train_size: int | None, *, batchnorm: bool = False, terms=(), **overrides) -> RunConfig:
-    """A seed-0 RunConfig; overrides equal to the recipe's defaults are dropped so that the same run
-    written in two experiments has the same key."""
-    recipe = get_recipe(DEFAULT_RECIPE[dataset])
-    kept = tuple((k, v) for k, v in overrides.items() if getattr(recipe, k) != v)
-    return RunConfig(dataset=dataset, train_size=train_size, batchnorm=batchnorm, overrides=kept, terms=terms)
+    """A seed-0 RunConfig (it drops overrides equal to the recipe's values, so the same run written in
+    two experiments has the same key)."""
+    return RunConfig(dataset=dataset, train_size=train_size, batchnorm=batchnorm,
+                     overrides=tuple(overrides.items()), terms=terms)
 
 
 def _mnist(train_size: int = 2000, **kw) -> RunConfig:
