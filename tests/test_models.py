@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from gradreg.models import MODELS, count_parameters, create_model, register_model
+from torch import nn
+
+from gradreg.models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
 
 SHAPES = {"lenet5": [(1, 28, 28), (1, 8, 8), (3, 32, 32)], "cifar_resnet": [(3, 32, 32), (3, 64, 64)],
           "mlp": [(1,), (1, 8, 8)]}
@@ -78,3 +80,26 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 def test_register_model_refuses_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp")(lambda **kw: None)
+
+
+def test_stream_dropout_draws_nn_dropouts_masks_from_its_own_generator():
+    x = torch.randn(50, 84)
+    torch.manual_seed(7)
+    gen = torch.Generator().manual_seed(7)
+    layer = StreamDropout(0.5, gen)
+    expected = nn.Dropout(0.5)(x)  # from the global stream, seeded alike
+    assert torch.equal(layer(x), expected)
+    assert not torch.equal(layer(x), expected)  # the stream moves on
+    layer.noise = torch.full_like(x, 2.0)
+    assert torch.equal(layer(x), 2 * x)  # given masks are used as they are
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_use_dropout_stream_swaps_every_dropout_layer():
+    model = create_model("lenet5", input_shape=(1, 28, 28), num_outputs=10, dropout=0.5).eval()
+    gen = torch.Generator()
+    assert use_dropout_stream(model, gen) == 1
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(layers) == 1 and isinstance(layers[0], StreamDropout)
+    assert layers[0].generator is gen and layers[0].p == 0.5 and not layers[0].training
+    assert "noise" not in model.state_dict()  # not part of a checkpoint

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from gradreg.cli import app
 from gradreg.data import load_dataset
+import gradreg.train as train_mod
 from gradreg.recipes import get_recipe
 from gradreg.train import RunConfig, _augment, train, use_channels_last
 
@@ -34,6 +35,17 @@ def test_same_seed_same_numbers_other_seed_other_numbers(digits):
     assert a.metrics == b.metrics and a.curve == b.curve
     c = train(RunConfig(**{**cfg.__dict__, "seed": 4}), dataset=digits, progress=False)
     assert c.metrics["train_loss"] != a.metrics["train_loss"]
+
+
+def test_dropout_streams_give_nn_dropouts_numbers(digits, monkeypatch):
+    """A run's dropout draws from its own generator, forked from the init stream: on CPU the same masks
+    as nn.Dropout on the global stream, so runs recorded before the change keep their numbers."""
+    cfg = RunConfig(dataset="digits", train_size=100, terms=(("datagrad", 3.0),),
+                    overrides=FAST + (("dropout", 0.5),))
+    ours = train(cfg, dataset=digits, progress=False)
+    monkeypatch.setattr(train_mod, "use_dropout_stream", lambda model, generator: 0)
+    plain = train(cfg, dataset=digits, progress=False)
+    assert ours.metrics == plain.metrics and ours.curve == plain.curve
 
 
 def test_seed_streams_are_independent():

@@ -9,10 +9,13 @@ and the optimizers act elementwise, so :func:`train_group` gives each run what :
 gives it alone, to float tolerance: same seed streams for the subset, initialization, batch order and
 projections. A member whose loss turns non-finite is recorded as diverged and frozen; the others go on.
 
-Limits: :func:`train_group` refuses models with BatchNorm (running statistics are per-run state) and
-runs with dropout (a solo run draws its masks from the global random stream its seed set, which a
-group cannot replay for each member). :class:`GroupedModel` itself stacks dropout models (vmap draws
-each member's masks independently), for users who need only the distribution, not the bit pattern.
+Dropout: a run's dropout layers draw their masks from the run's own generator
+(:class:`gradreg.models.StreamDropout`, set up by :func:`gradreg.train.init_model`), so a group draws
+each member's masks from that member's generator, as the member would alone. Models with plain
+``nn.Dropout`` (or no generators) still stack; vmap then draws each member's masks independently from
+the global stream: the right distribution, not the solo runs' bit pattern.
+
+Limits: :func:`train_group` refuses models with BatchNorm (running statistics are per-run state).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import data as data_mod
+from .models import StreamDropout, use_dropout_stream
 from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, init_model, make_optimizer, metrics,
                     resolve_device, term_weights)
 
@@ -66,9 +70,16 @@ class GroupedModel(nn.Module):
             self.register_buffer("_b_" + n.replace(".", "_"),
                                  torch.stack([dict(m.named_buffers())[n] for m in models]).clone())
         self._buffer_names = buffers
-        # The architecture without its weights: functional_call supplies the stacked ones.
-        self._template = [_meta_copy(first)]
+        # The architecture without its weights: functional_call supplies the stacked ones (and the
+        # dropout noise, drawn outside vmap from each member's generator).
+        template = _meta_copy(first)
+        use_dropout_stream(template, None)
+        self._template = [template]
         self._plan = _linear_plan(first)
+        self._dropouts = [(n, m) for n, m in template.named_modules() if isinstance(m, StreamDropout) and m.p > 0]
+        gens = [_dropout_generator(m) for m in models]
+        self.dropout_generators = gens if self._dropouts and all(g is not None for g in gens) else None
+        self._noise_shapes: dict[tuple[int, ...], list[tuple[str, float, torch.Size]]] = {}
 
     @property
     def template(self) -> nn.Module:
@@ -102,11 +113,43 @@ class GroupedModel(nn.Module):
 
     def _forward_vmap(self, x: Tensor) -> Tensor:
         buffers = {n: getattr(self, "_b_" + n.replace(".", "_")) for n in self._buffer_names}
+        if self.training and self.dropout_generators is not None:
+            buffers |= self._draw_noise(x)
 
         def one(params: tuple[Tensor, ...], bufs: dict[str, Tensor], xb: Tensor) -> Tensor:
             return functional_call(self.template, ({**dict(zip(self.names, params)), **bufs}), (xb,))
 
         return torch.func.vmap(one, randomness="different")(tuple(self.stacked), buffers, x)
+
+    def _draw_noise(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"<dropout>.noise": (G, B, ...)}``: each member's masks for this forward, drawn from its own
+        generator in the order its layers draw them alone."""
+        layers = self._noise_shapes.get(tuple(x.shape[1:]))
+        if layers is None:
+            layers = self._noise_shapes[tuple(x.shape[1:])] = self._dropout_inputs(x.shape[1:])
+        noise: dict[str, list[Tensor]] = {name: [] for name, _, _ in layers}
+        for gen in self.dropout_generators:
+            for name, p, shape in layers:
+                draw = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - p, generator=gen)
+                noise[name].append(draw.div_(1 - p))
+        return {f"{name}.noise": torch.stack(draws) for name, draws in noise.items()}
+
+    def _dropout_inputs(self, shape: torch.Size) -> list[tuple[str, float, torch.Size]]:
+        """The dropout layers a member's forward on ``shape`` calls, in order, with their inputs' shapes
+        (found by running the weightless template on a meta tensor)."""
+        seen: list[tuple[str, float, torch.Size]] = []
+        hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen.append((name, mod.p, args[0].shape)))
+                 for name, m in self._dropouts]
+        try:
+            with torch.no_grad():
+                self.template(torch.empty(shape, device="meta"))
+        finally:
+            for h in hooks:
+                h.remove()
+        names = [n for n, _, _ in seen]
+        if len(names) != len(set(names)):
+            raise ValueError("GroupedModel cannot replay dropout layers called more than once per forward")
+        return seen
 
     @torch.no_grad()
     def member(self, g: int, model: nn.Module) -> nn.Module:
@@ -118,10 +161,18 @@ class GroupedModel(nn.Module):
         return model
 
 
+def _dropout_generator(model: nn.Module) -> torch.Generator | None:
+    """The generator all of ``model``'s StreamDropout layers share, or None (no such one)."""
+    gens = {id(m.generator): m.generator for m in model.modules() if isinstance(m, StreamDropout) and m.p > 0}
+    return next(iter(gens.values())) if len(gens) == 1 else None
+
+
 def _meta_copy(model: nn.Module) -> nn.Module:
     import copy
 
-    return copy.deepcopy(model).to("meta")
+    # The copy shares no generator with the member (the memo maps each to None).
+    memo = {id(m.generator): None for m in model.modules() if isinstance(m, StreamDropout) and m.generator is not None}
+    return copy.deepcopy(model, memo).to("meta")
 
 
 def _linear_plan(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
@@ -153,11 +204,9 @@ GROUPABLE_MODELS = ("mlp", "lenet5")
 
 
 def groupable(config: RunConfig) -> bool:
-    """Whether the run can train in a group and still give exactly its solo result: the registry's
-    models without BatchNorm (per-run running statistics) and without dropout (a solo run draws its
-    masks from the global stream its seed set; a group cannot replay G such streams)."""
-    return (config.model_name in GROUPABLE_MODELS and not config.batchnorm
-            and config.resolved_recipe().dropout == 0)
+    """Whether the run can train in a group and still give its solo result: the registry's models
+    without BatchNorm (per-run running statistics); dropout masks come from each run's own stream."""
+    return config.model_name in GROUPABLE_MODELS and not config.batchnorm
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -213,9 +262,8 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
         raise ValueError("train_group needs runs that differ only in seed and λ (equal group_key); "
                          f"got {len(keys)} different groups")
     if not groupable(configs[0]):
-        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}, dropout="
-                         f"{configs[0].resolved_recipe().dropout}) cannot train grouped; groupable: "
-                         f"{', '.join(GROUPABLE_MODELS)} without BatchNorm and dropout")
+        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}) cannot train grouped; "
+                         f"groupable: {', '.join(GROUPABLE_MODELS)} without BatchNorm")
     start = time.perf_counter()
     dev = resolve_device(device)
     first = configs[0]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "register_model", "create_model", "count_parameters", "LeNet5", "CifarResNet", "MLP"]
+__all__ = ["MODELS", "register_model", "create_model", "count_parameters", "LeNet5", "CifarResNet", "MLP",
+           "StreamDropout", "use_dropout_stream"]
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
@@ -41,6 +43,46 @@ def create_model(name: str, *, input_shape: tuple[int, ...], num_outputs: int, b
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class StreamDropout(nn.Dropout):
+    """``nn.Dropout`` that draws its masks from its own generator, or takes them given.
+
+    The mask is drawn as ``F.dropout`` draws it on CPU: ``empty_like(x).bernoulli_(1 - p)`` divided by
+    ``1 - p``, here from ``generator``. On CPU a StreamDropout whose generator holds the global state
+    therefore gives ``nn.Dropout``'s masks bit for bit. Why a run's dropout has its own stream: G runs
+    trained as one group (:mod:`gradreg.grouped`) can then each replay their own masks, and solo and
+    grouped runs agree on CUDA too, whose fused dropout kernel lays out its random numbers differently.
+    A given ``noise`` buffer (the scaled mask; set by grouped training) is used instead of a draw.
+    """
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__(p)
+        self.generator = generator
+        self.register_buffer("noise", None, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        noise = self.noise
+        if noise is None:
+            noise = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator).div_(1 - self.p)
+        return x * noise
+
+
+def use_dropout_stream(model: nn.Module, generator: torch.Generator | None) -> int:
+    """Replace every ``nn.Dropout`` of ``model`` (in place) by a :class:`StreamDropout` drawing from
+    ``generator`` (shared by all of them, as one model's layers share the global stream); returns how
+    many were replaced."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout or isinstance(child, StreamDropout):
+                new = StreamDropout(child.p, generator)
+                new.train(child.training)
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -385,7 +385,7 @@ def auto_group_size(config: RunConfig, device: str = "auto") -> int:
 
     Measured on a 2-core CPU (benchmarks/bench_grouped.py): SIN MLPs train 5.7x faster per run in
     groups of 50 (5.2x in groups of 100) than one by one; stacked LeNet-5s were not faster than single
-    runs there; BatchNorm and dropout runs are not stacked (see :func:`gradreg.grouped.groupable`).
+    runs there; BatchNorm runs are not stacked (see :func:`gradreg.grouped.groupable`).
     On CUDA a group fills the device that one small run leaves idle:
     about 8192 rows per step (unmeasured here; no GPU was available).
     """

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import data as data_mod
-from .models import create_model
+from .models import create_model, use_dropout_stream
 from .objective import Objective, paper_weight
 from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from .regularizers import get_regularizer
@@ -180,10 +180,23 @@ def metrics(outs: Tensor, y: Tensor, task: str) -> dict[str, float]:
 
 
 def init_model(config: RunConfig, ds: data_mod.Dataset, device: torch.device) -> nn.Module:
-    """The run's model, initialized from its own seed stream (which then drives its dropout masks)."""
+    """The run's model, initialized from its own seed stream, which then drives its dropout masks: its
+    dropout layers draw from a generator that continues the stream where initialization left it."""
     torch.manual_seed(config.seed_for("init"))
-    return create_model(config.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
-                        batchnorm=config.batchnorm, dropout=config.resolved_recipe().dropout).to(device)
+    model = create_model(config.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
+                         batchnorm=config.batchnorm, dropout=config.resolved_recipe().dropout).to(device)
+    use_dropout_stream(model, _forked_default_generator(device))
+    return model
+
+
+def _forked_default_generator(device: torch.device) -> torch.Generator | None:
+    """A new generator in the state of ``device``'s default one (which stays where it is); None (draw
+    from the default one) on devices other than CPU and CUDA."""
+    if device.type not in ("cpu", "cuda"):
+        return None
+    gen = torch.Generator(device=device)
+    gen.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return gen
 
 
 def make_optimizer(params, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
