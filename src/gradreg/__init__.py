@@ -5,7 +5,7 @@ from .regularizers import (
     SpectReg, couples_batch, get_regularizer, register_regularizer,
 )
 from .data import DATASETS, DataError, Dataset, load_dataset
-from .models import MODELS, count_parameters, create_model, register_model
+from .models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
 from .recipes import RECIPES, Recipe, get_recipe
 from .train import RunConfig, RunResult
 from .grouped import GroupedModel, train_group
@@ -20,6 +20,6 @@ __all__ = [
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch",
     "DATASETS", "DataError", "Dataset", "load_dataset", "MODELS", "count_parameters", "create_model",
-    "register_model", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
+    "register_model", "StreamDropout", "use_dropout_stream", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
     "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
 ]
