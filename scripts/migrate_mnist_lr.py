@@ -7,6 +7,9 @@ that were never trained. This script writes the rate they really used into their
 
     gradreg report table4 --set lr=0.001
 
+(After the migration these runs were moved to ``results/lr0.001/gradreg.db``, keeping each committed
+database under 2 MB: pass ``--db results/lr0.001/gradreg.db`` to report them.)
+
 Only rows whose stored key equals the key their config has under the *old* recipe are touched, which
 is true of exactly the rows trained with lr 0.001 by default; rows trained after the change (and rows
 already migrated) do not match, so running it twice changes nothing.
