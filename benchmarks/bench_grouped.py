@@ -56,25 +56,32 @@ def sin_configs(n: int, steps: int, seed0: int = 0) -> list[RunConfig]:
                       overrides=(("steps", steps),)) for i in range(n)]
 
 
-def bench_sin(groups: list[int], solo_runs: int, steps: int, rounds: int) -> None:
-    ds = load_dataset("sin")
-    times: dict[str, list[float]] = {}
+def compare_grouped(title: str, make_configs, ds, groups: list[int], solo_runs: int, rounds: int,
+                    device: str = "cpu") -> None:
+    """Per-run seconds of ``make_configs(n, seed0)`` trained one by one against in groups of each size in
+    ``groups``; rounds alternate the variants (fresh seeds each round), medians over rounds."""
+    times: dict[str | int, list[float]] = {}
     for r in range(rounds):
         t = time.perf_counter()
-        for c in sin_configs(solo_runs, steps, seed0=1000 * r):
-            train(c, dataset=ds, progress=False)
+        for c in make_configs(solo_runs, 1000 * r):
+            train(c, dataset=ds, device=device, progress=False)
         times.setdefault("solo", []).append((time.perf_counter() - t) / solo_runs)
         for g in groups:
             t = time.perf_counter()
-            train_group(sin_configs(g, steps, seed0=1000 * r), dataset=ds, progress=False)
+            train_group(make_configs(g, 1000 * r), dataset=ds, device=device, progress=False)
             times.setdefault(g, []).append((time.perf_counter() - t) / g)
     solo = statistics.median(times["solo"])
-    print(f"\nSIN MLP, spectreg, {steps} steps per run, {torch.get_num_threads()} threads, median of {rounds} rounds")
+    print(f"\n{title}, {torch.get_num_threads()} threads, median of {rounds} rounds")
     print(f"{'runs':>18} | {'s per run':>9} | per-run throughput vs sequential")
     print(f"{'1 (sequential)':>18} | {solo:9.3f} | 1.00x")
     for g in groups:
         per_run = statistics.median(times[g])
         print(f"{f'{g} grouped':>18} | {per_run:9.3f} | {solo / per_run:.2f}x")
+
+
+def bench_sin(groups: list[int], solo_runs: int, steps: int, rounds: int) -> None:
+    compare_grouped(f"SIN MLP, spectreg, {steps} steps per run", lambda n, seed0: sin_configs(n, steps, seed0),
+                    load_dataset("sin"), groups, solo_runs, rounds)
 
 
 def bench_table7(steps: int, workers: int) -> None:
@@ -164,24 +171,8 @@ def bench_lenet_group(data_dir: str, groups: list[int], solo_runs: int, steps: i
                           overrides=(("steps", steps), ("eval_points", 1))) for i in range(n)]
 
     train_group(configs(2, 10_000), dataset=ds, device=device, progress=False)  # warm-up (CUDA context, kernels)
-    times: dict[str | int, list[float]] = {}
-    for r in range(rounds):
-        t = time.perf_counter()
-        for c in configs(solo_runs, 1000 * r):
-            train(c, dataset=ds, device=device, progress=False)
-        times.setdefault("solo", []).append((time.perf_counter() - t) / solo_runs)
-        for g in groups:
-            t = time.perf_counter()
-            train_group(configs(g, 1000 * r), dataset=ds, device=device, progress=False)
-            times.setdefault(g, []).append((time.perf_counter() - t) / g)
-    solo = statistics.median(times["solo"])
-    print(f"\nMNIST LeNet-5 (dropout 0.5, spectreg), {steps} steps per run, device {device}, "
-          f"{torch.get_num_threads()} threads, median of {rounds} rounds")
-    print(f"{'runs':>18} | {'s per run':>9} | per-run throughput vs sequential")
-    print(f"{'1 (sequential)':>18} | {solo:9.3f} | 1.00x")
-    for g in groups:
-        per_run = statistics.median(times[g])
-        print(f"{f'{g} grouped':>18} | {per_run:9.3f} | {solo / per_run:.2f}x")
+    compare_grouped(f"MNIST LeNet-5 (dropout 0.5, spectreg), {steps} steps per run, device {device}",
+                    configs, ds, groups, solo_runs, rounds, device)
 
 
 def profile_sin(group: int, steps: int) -> None:
