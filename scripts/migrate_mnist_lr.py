@@ -7,8 +7,9 @@ that were never trained. This script writes the rate they really used into their
 
     gradreg report table4 --set lr=0.001
 
-(After the migration these runs were moved to ``results/lr0.001/gradreg.db``, keeping each committed
-database under 2 MB: pass ``--db results/lr0.001/gradreg.db`` to report them.)
+(After the migration these runs were moved to ``results/lr0.001/mnist.db``, keeping each committed
+database under 2 MB: pass ``--db results/lr0.001/mnist.db`` to report them. The other runs of
+``results/gradreg.db`` now lie in per-family databases: see ``scripts/split_results_db.py``.)
 
 Only rows whose stored key equals the key their config has under the *old* recipe are touched, which
 is true of exactly the rows trained with lr 0.001 by default; rows trained after the change (and rows

@@ -193,6 +193,24 @@ def test_cli_set_overrides_every_run_of_sweep_and_report(tmp_path):
     assert plain.exit_code == 0 and "missing=1" in plain.output
 
 
+def test_cli_default_database_is_named_by_the_experiments_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = runner.invoke(app, ["report", "sin2", "--smoke"])
+    assert missing.exit_code == 2 and "no results database at results/sin.db" in missing.output
+    swept = runner.invoke(app, ["sweep", "sin2", "--smoke", "--workers", "1", "--no-progress"])
+    assert swept.exit_code == 0 and "database results/sin.db" in swept.output, swept.output
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.db")) == ["sin.db"]
+    # table7 shares sin2's SIN baseline runs: same database, nothing retrained
+    again = runner.invoke(app, ["sweep", "table7", "--smoke", "--workers", "1", "--no-progress"])
+    assert again.exit_code == 0 and "1 already in the database" in again.output, again.output
+    assert runner.invoke(app, ["report", "sin2", "--smoke"]).exit_code == 0
+
+
+def test_experiment_database_is_its_first_cells_dataset():
+    assert {n: EXPERIMENTS[n].database for n in ("table1", "table4", "table7", "sin2", "sin_lownoise")} == {
+        "table1": "mnist", "table4": "mnist", "table7": "sin", "sin2": "sin", "sin_lownoise": "sin_lownoise"}
+
+
 @pytest.mark.parametrize("args,match", [
     (["sweep", "table99"], "valid: table1, table2"),
     (["sweep", "table7", "--smoke", "--set", "lrr=0.1"], "unknown recipe key(s) lrr; valid:"),

@@ -11,7 +11,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Gradient regularization for PyTorch: train, sweep, report, plot.")
 
-DEFAULT_DB = Path("results") / "gradreg.db"
+RESULTS_DIR = Path("results")
+DB_HELP = "results database (SQLite; default: results/<dataset>.db, e.g. results/mnist.db)"
 
 
 def _parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -137,6 +138,10 @@ def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path):
     _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
 
 
+def _db(db: Optional[Path], exp) -> Path:
+    return db if db is not None else RESULTS_DIR / f"{exp.database}.db"
+
+
 def _existing_store(db: Path, experiment: str):
     """The results store at ``db``, refusing to create an empty one where a report expects results."""
     from .store import ResultStore
@@ -170,7 +175,7 @@ def sweep(
     lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
     group_size: Optional[int] = typer.Option(
@@ -188,6 +193,7 @@ def sweep(
     from .sweep import default_workers, run_sweep
 
     exp = _experiment(experiment, set_)
+    db = _db(db, exp)
     plan = _plan(exp, lambdas, seeds, smoke, db)
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
@@ -209,7 +215,7 @@ def report(
     lambdas: str = typer.Option("paper", help="paper or selected (the λ chosen on the dev set)"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
     smoke: bool = typer.Option(False, help="report a --smoke sweep"),
@@ -218,6 +224,7 @@ def report(
     from .report import collect, markdown_table, write_csv
 
     exp = _experiment(experiment, set_)
+    db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:
             stats = collect(exp, store, lambdas=lambdas, seeds=seeds, smoke=smoke)
@@ -238,13 +245,14 @@ def plot(
     lambdas: str = typer.Option("paper", help="paper or selected"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-    db: Path = typer.Option(DEFAULT_DB, help="results database (SQLite)"),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
 
     exp = _experiment(experiment, set_)
+    db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:
             paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds)

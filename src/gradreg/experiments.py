@@ -174,6 +174,14 @@ class Experiment:
     def columns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(c.column for c in self.cells))
 
+    @property
+    def database(self) -> str:
+        """Name of the experiment's default results database, ``results/<database>.db``: the dataset of
+        its first cell. One database per dataset family keeps each committed file small, and an
+        experiment that also reads a second dataset (``sin2``, the poster's tables) keeps all its runs
+        in one file."""
+        return self.cells[0].config.dataset
+
     def cell(self, row: str, column: str) -> Cell:
         for c in self.cells:
             if c.key == (row, column):
