@@ -17,6 +17,10 @@ from .store import ResultStore
 __all__ = ["plot_experiment"]
 
 
+METRIC_LABELS = {"test_acc": "test accuracy (%)", "test_mse": "test MSE", "train_mse": "train MSE",
+                 "test_top5": "test top-5 accuracy (%)"}
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -167,17 +171,23 @@ def _generic(experiment, stats, store, out_dir):
             ax.set_xscale("symlog", linthresh=min([x for x in xs if x > 0] or [1e-3]))
         ax.set_xlabel("λ" if all(st.cell.term for st in stats if _num(st.cell.column) is not None) else "")
     else:
-        labels = [f"{st.cell.row}\n{st.cell.column}" for st in stats]
-        xs = range(len(stats))
-        ax.errorbar(xs, [st.mean * scale if st.n else math.nan for st in stats],
+        # Ours and the paper's side by side per cell, each with its std, so the gap reads against the spread.
+        labels = [f"{st.cell.row}{'*' if st.significant else ''}\n{st.cell.column}" for st in stats]
+        xs = list(range(len(stats)))
+        ax.errorbar([x - 0.12 for x in xs], [st.mean * scale if st.n else math.nan for st in stats],
                     yerr=[0 if math.isnan(st.std) else st.std * scale for st in stats],
-                    fmt="o", capsize=3, label="ours")
-        ax.plot(xs, [st.cell.paper[0] * scale if st.cell.paper else math.nan for st in stats], "s",
-                mfc="none", label="paper")
-        ax.set_xticks(list(xs), labels, fontsize=7, rotation=30, ha="right")
+                    fmt="o", capsize=3, label="ours (mean, std)")
+        paper = [st.cell.paper or (math.nan, None) for st in stats]
+        ax.errorbar([x + 0.12 for x in xs], [m * scale for m, _ in paper],
+                    yerr=[(s or 0) * scale for _, s in paper], fmt="s", mfc="none", capsize=3, alpha=0.8,
+                    label="paper (mean, std)")
+        ax.set_xticks(xs, labels, fontsize=7, rotation=30, ha="right")
+        if any(st.significant for st in stats):
+            ax.text(0.99, 0.01, "* significant against the baseline", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7)
     if metric.endswith("mse") and any(st.n and st.mean > 0 for st in stats):
         ax.set_yscale("log")
-    ax.set_ylabel(metric + (" (1e-5)" if scale != 1 else ""))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric) + (" (1e-5)" if scale != 1 else ""))
     ax.set_title(experiment.title, fontsize=10)
     _legend(ax, fontsize=7)
     ax.grid(alpha=0.3)
