@@ -15,7 +15,9 @@ for the record only. An arm is a comma-separated list of changes to the standard
     python scripts/probe_mnist_baseline.py --arms default glorot --out results/probe_mnist_init.csv
     python scripts/probe_mnist_baseline.py --arms lr=0.0005 lr=0.002 lr=0.003 lr=0.004 --out results/probe_mnist_lr.csv
 
-Each arm costs about 2.3 CPU-minutes per seed (two runs at a time on this 2-core machine).
+Each arm costs about 2.3 CPU-minutes per seed (two runs at a time on this 2-core machine), more with
+a regularizer. Runs are appended to ``--out`` as they finish; rerunning the same command trains only
+the (arm, seed) pairs not yet there.
 """
 from __future__ import annotations
 
@@ -80,6 +82,9 @@ def _run(args: tuple[str, int, str, int]) -> dict:
             "test_acc": r.metrics.get("test_acc"), "seconds": round(r.seconds, 1)}
 
 
+FIELDS = ["arm", "seed", "status", "dev_acc", "test_acc", "seconds"]
+
+
 def _summary(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -99,20 +104,44 @@ def main() -> None:
     args = ap.parse_args()
     for arm in args.arms:
         parse_arm(arm)
-    jobs = [(arm, DEV_SEED_OFFSET + s, args.data_dir, args.steps) for s in range(args.seeds) for arm in args.arms]
-    with multiprocessing.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
-        rows = pool.map(_run, jobs, chunksize=1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    out = Path(args.out)
+    rows = _read(out)
+    done = {(r["arm"], int(r["seed"])) for r in rows}
+    jobs = [(arm, DEV_SEED_OFFSET + s, args.data_dir, args.steps) for s in range(args.seeds) for arm in args.arms
+            if (arm, DEV_SEED_OFFSET + s) not in done]
+    print(f"{len(jobs)} runs to train ({len(done)} already in {out})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Each run is appended as it finishes, so an interrupted probe resumes without losing or redoing runs.
+    with open(out, "a", newline="") as f, multiprocessing.get_context("spawn").Pool(
+            args.workers, maxtasksperchild=1) as pool:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if not done:
+            w.writeheader()
+        for row in pool.imap_unordered(_run, jobs, chunksize=1):
+            w.writerow(row)
+            f.flush()
+            rows.append(row)
+            print(f"  {row['arm']} seed {row['seed']}: dev {row['dev_acc']}  ({row['seconds']}s)", flush=True)
     for arm in args.arms:
         mine = [r for r in rows if r["arm"] == arm]
         diverged = sum(r["status"] != "done" for r in mine)
         print(f"{arm:20s} dev {_summary([r['dev_acc'] for r in mine])}  "
               f"test {_summary([r['test_acc'] for r in mine])}  n={len(mine)}"
               + (f"  ({diverged} not done)" if diverged else ""))
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise SystemExit(f"{path} has columns {reader.fieldnames}, not a probe's {FIELDS}: pass another --out")
+        return [{**r, "dev_acc": _float(r["dev_acc"]), "test_acc": _float(r["test_acc"])} for r in reader]
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text not in ("", "None") else None
 
 
 if __name__ == "__main__":
