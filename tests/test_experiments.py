@@ -8,7 +8,7 @@ import pytest
 from gradreg.data import DATASETS, load_dataset
 from gradreg.experiments import (
     DATAGRAD_GRID, DEV_SEED_OFFSET, EXPERIMENTS, GRIDS, METRICS, SPECTREG_GRID, Cell, Experiment,
-    estimate_run_seconds, get_experiment,
+    estimate_run_seconds, get_experiment, grid_window,
 )
 from gradreg.models import MODELS
 from gradreg.train import RunConfig, train
@@ -67,6 +67,34 @@ def test_grid_runs_use_dev_seeds_only(name):
     assert len({r.key() for r in grid}) == len(grid)
     assert all(DEV_SEED_OFFSET <= r.seed < DEV_SEED_OFFSET + 3 for r in grid)
     assert not {r.seed for r in grid} & {r.seed for r in e.runs()}
+
+
+def test_grid_window_takes_the_nearest_values_on_a_log_scale():
+    assert grid_window(SPECTREG_GRID, 0.05, 1) == (0.01, 0.03, 0.1)  # 0.05 is off the grid (Table 4)
+    assert grid_window(DATAGRAD_GRID, 50.0, 1) == (20.0, 50.0, 100.0)
+    assert grid_window(DATAGRAD_GRID, 50.0, 0) == (50.0,)
+    assert grid_window(SPECTREG_GRID, 0.0001, 1) == (0.0001, 0.0003, 0.001)  # at the grid's end
+    assert grid_window(SPECTREG_GRID, 0.03, 100) == SPECTREG_GRID
+    assert grid_window((1.0, 4.0), 2.0, 0) == (1.0,)  # a tie goes to the smaller λ
+    with pytest.raises(ValueError, match=">= 0"):
+        grid_window(SPECTREG_GRID, 0.03, -1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grid_window_narrows_tuned_grids_around_the_paper_lambda(name):
+    e = get_experiment(name)
+    assert e.with_grid_window(None) is e
+    w = e.with_grid_window(1)
+    assert w.runs() == e.runs()  # the paper-λ runs do not change
+    assert {r.key() for r in w.runs(lambdas="grid", seeds=2)} <= {r.key() for r in e.runs(lambdas="grid", seeds=2)}
+    for full, narrow in zip(e.cells, w.cells):
+        assert narrow.key == full.key and narrow.tuned == full.tuned
+        if full.tuned:
+            assert set(narrow.grid) <= set(full.grid) and len(narrow.grid) == min(3, len(full.grid))
+            if full.lambda_for_paper_mode in full.grid:
+                assert full.lambda_for_paper_mode in narrow.grid
+    if any(c.tuned for c in e.cells):
+        assert "--grid-window 1" in w.notes
 
 
 @pytest.mark.parametrize("name", NAMES)

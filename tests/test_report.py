@@ -117,6 +117,19 @@ def test_lambda_selection_uses_dev_metric_only(tmp_path):
     assert best == {c.key: c.grid[1] for c in exp.cells if c.tuned}
 
 
+def test_lambda_selection_on_a_grid_window_chooses_inside_it(tmp_path):
+    """Phase 2 on a narrowed grid ignores grid runs outside the window, even where they score best."""
+    exp = get_experiment("table4")
+    narrow = exp.with_grid_window(1)
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in exp.plan(lambdas="grid", seeds=2):
+            window = narrow.cell(*p.cell.key).grid
+            dev = 99.9 if p.lam not in window else (99.0 if p.lam == window[-1] else 90.0)
+            put(store, p.config, dev_acc=dev, test_acc=50.0)
+        assert select_lambdas(narrow, store, seeds=2) == {c.key: c.grid[-1] for c in narrow.cells if c.tuned}
+        assert all(lam not in narrow.cell(*key).grid for key, lam in select_lambdas(exp, store, seeds=2).items())
+
+
 def test_welch_p_matches_scipy_and_handles_degenerate_input():
     from scipy import stats as sps
     a, b = [1.0, 2.0, 3.5], [2.0, 4.0, 4.5, 6.0]
@@ -221,6 +234,15 @@ def test_experiment_database_is_its_first_cells_dataset():
 def test_cli_errors(args, match, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and match in res.output
+
+
+def test_cli_grid_window_sizes_the_selection():
+    res = runner.invoke(app, ["experiments", "--lambdas", "grid", "--grid-window", "1", "--seeds", "5"])
+    assert res.exit_code == 0, res.output
+    table4 = next(line for line in res.output.splitlines() if line.startswith("table4 "))
+    assert table4.split()[1] == str(4 * 3 * 5)  # 4 tuned cells x 3 λ x 5 dev seeds
+    bad = runner.invoke(app, ["sweep", "table4", "--lambdas", "grid", "--grid-window", "-1"])
+    assert bad.exit_code == 2 and "--grid-window" in bad.output
 
 
 def test_cli_experiments_lists_every_experiment():

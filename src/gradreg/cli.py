@@ -111,12 +111,19 @@ def demo(seeds: int = typer.Option(3, min=1, help="runs per setting (different t
 
 
 SET_HELP = "recipe override KEY=VALUE for every run, repeatable, e.g. --set lr=0.001"
+WINDOW_HELP = ("λ selection on part of the grid: each tuned cell's 2K+1 grid values nearest its paper λ (log "
+               "scale); give the same K to the grid and selected phases (default: the whole grid)")
 
 
-def _experiment(name: str, set_: list[str] | None = None):
+def _window_option():
+    return typer.Option(None, "--grid-window", min=0, metavar="K", help=WINDOW_HELP)
+
+
+def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None):
     from .experiments import get_experiment
     try:
-        return get_experiment(name).with_overrides(dict(_parse_pairs(set_ or [], "--set")))
+        exp = get_experiment(name).with_overrides(dict(_parse_pairs(set_ or [], "--set")))
+        return exp.with_grid_window(grid_window)
     except ValueError as e:
         _fail(str(e))
 
@@ -156,12 +163,14 @@ LAMBDAS_HELP = ("paper: each cell at the paper's reported λ; grid: phase 1 of t
 
 @app.command()
 def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
-                seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)")):
+                seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)"),
+                grid_window: Optional[int] = _window_option()):
     """List the named experiments (the paper's tables and figures) with their size and cost."""
     from .experiments import EXPERIMENTS
 
     typer.echo(f"{'name':26s} {'runs':>6s} {'est. CPU h':>10s}  title")
     for name, exp in EXPERIMENTS.items():
+        exp = exp.with_grid_window(grid_window)
         mode = "paper" if lambdas == "selected" else lambdas
         n = len(exp.runs(lambdas=mode, seeds=seeds))
         hours = exp.estimated_cost(mode, seeds=seeds) / 3600
@@ -175,6 +184,7 @@ def sweep(
     lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    grid_window: Optional[int] = _window_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
@@ -192,7 +202,7 @@ def sweep(
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
     from .sweep import default_workers, run_sweep
 
-    exp = _experiment(experiment, set_)
+    exp = _experiment(experiment, set_, grid_window)
     db = _db(db, exp)
     plan = _plan(exp, lambdas, seeds, smoke, db)
     n_workers = workers or default_workers(device)
@@ -215,6 +225,7 @@ def report(
     lambdas: str = typer.Option("paper", help="paper or selected (the λ chosen on the dev set)"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    grid_window: Optional[int] = _window_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
@@ -223,7 +234,7 @@ def report(
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
     from .report import collect, markdown_table, write_csv
 
-    exp = _experiment(experiment, set_)
+    exp = _experiment(experiment, set_, grid_window)
     db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:
@@ -245,13 +256,14 @@ def plot(
     lambdas: str = typer.Option("paper", help="paper or selected"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    grid_window: Optional[int] = _window_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
 
-    exp = _experiment(experiment, set_)
+    exp = _experiment(experiment, set_, grid_window)
     db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:

@@ -36,6 +36,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .regularizers import REGULARIZERS
@@ -43,7 +44,7 @@ from .train import RunConfig
 
 __all__ = [
     "Cell", "Experiment", "PlannedRun", "EXPERIMENTS", "get_experiment", "estimate_run_seconds",
-    "DEV_SEED_OFFSET", "GRIDS", "METRICS", "STEP_SECONDS",
+    "grid_window", "DEV_SEED_OFFSET", "GRIDS", "METRICS", "STEP_SECONDS",
 ]
 
 DEV_SEED_OFFSET = 1000
@@ -65,6 +66,21 @@ GRIDS: dict[str, tuple[float, ...]] = {
     # Not tuned in any table; a log grid like SpectReg's (not stated in the paper).
     "onehot": SPECTREG_GRID, "randomonehot": SPECTREG_GRID,
 }
+
+
+def grid_window(grid: tuple[float, ...], center: float, k: int) -> tuple[float, ...]:
+    """The ``2k + 1`` values of ``grid`` closest to ``center`` on a log scale, in grid order.
+
+    λ grids are logarithmic, so "the neighbours of the paper's λ" are the nearest values in log λ;
+    ``center`` need not lie on the grid (Table 4's SpectReg 0.05 gets 0.01, 0.03 and 0.1 at k = 1).
+    Ties go to the smaller λ. A grid with fewer values is returned whole.
+    """
+    if k < 0:
+        raise ValueError(f"grid window must be >= 0, got {k}")
+    if center <= 0:
+        raise ValueError(f"grid window needs a positive centre λ, got {center}")
+    nearest = sorted(grid, key=lambda v: (abs(math.log(v / center)), v))[:2 * k + 1]
+    return tuple(sorted(nearest))
 
 
 @dataclass(frozen=True)
@@ -215,6 +231,22 @@ class Experiment:
             raise ValueError(f"{self.name}: {e}") from None
         spelled = ", ".join(f"{k}={v}" for k, v in overrides.items())
         return dataclasses.replace(self, cells=cells, notes=f"{self.notes} Recipe overrides: {spelled}.".strip())
+
+    def with_grid_window(self, k: int | None) -> "Experiment":
+        """The same experiment with each tuned cell's λ grid narrowed to :func:`grid_window` ``(grid,
+        paper λ, k)``: the paper's λ and its k neighbours on either side, for a λ selection that costs
+        ``2k + 1`` λ per cell instead of the whole grid. ``None`` keeps the full grids.
+
+        Phase 2 (``select_plan``, ``report --lambdas selected``) then chooses among those values only,
+        so pass the same ``k`` to every phase of one selection.
+        """
+        if k is None:
+            return self
+        cells = tuple(dataclasses.replace(c, grid=grid_window(c.grid, c.lambda_for_paper_mode, k))
+                      if c.tuned else c for c in self.cells)
+        note = (f"λ grids narrowed to the {2 * k + 1} values nearest the paper's λ on a log scale "
+                f"(--grid-window {k}).")
+        return dataclasses.replace(self, cells=cells, notes=f"{self.notes} {note}".strip())
 
     # --- runs -------------------------------------------------------------------------------------
 
