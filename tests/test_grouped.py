@@ -168,6 +168,17 @@ def test_a_diverging_member_leaves_the_others_untouched():
         _assert_same_run(train(configs[g], dataset=ds, progress=False), grouped[g])
 
 
+def test_non_finite_final_metrics_mark_members_diverged_as_alone():
+    ds = data_mod.load_dataset("sin")
+    ds.x_test[3] = float("nan")
+    configs = [sin_config(s, steps=20) for s in range(2)]
+    grouped = train_group(configs, dataset=ds, progress=False)
+    alone = train(configs[0], dataset=ds, progress=False)
+    assert [r.status for r in grouped] == ["diverged", "diverged"] and alone.status == "diverged"
+    assert grouped[0].error == alone.error == "non-finite final metric(s): test_mse"
+    assert "test_pred" not in grouped[0].extras
+
+
 def test_group_errors_are_clear():
     with pytest.raises(ValueError, match="differ only in seed and λ"):
         train_group([sin_config(0), sin_config(1, lr=0.01)], progress=False)

@@ -167,8 +167,8 @@ def test_every_experiment_smoke_sweep_report_and_plot(name, datasets, tmp_path, 
     plan = exp.plan(smoke=True)
     db = tmp_path / "r.db"
     summary = sweep_mod.run_sweep([p.config for p in plan], db, data_dir=str(root), progress=False)
-    assert summary.failed == 0
-    assert summary.done + summary.diverged == len({p.config.key() for p in plan})
+    assert summary.failed == summary.diverged == 0  # smoke runs are 5 small steps: none may break
+    assert summary.done == len({p.config.key() for p in plan})
     with ResultStore(db) as store:
         stats = collect(exp, store, smoke=True)
         assert sum(st.n + st.diverged for st in stats) == len(plan)

@@ -71,6 +71,15 @@ def test_diverging_run_is_reported_not_raised():
     assert r.metrics["steps"] <= 300
 
 
+def test_non_finite_final_metrics_mark_the_run_diverged():
+    """A run whose training loss stayed finite but whose final evaluation is not is no result."""
+    ds = load_dataset("sin")
+    ds.x_test[3] = float("nan")
+    r = train(RunConfig(dataset="sin", overrides=(("steps", 20), ("eval_points", 1))), dataset=ds, progress=False)
+    assert r.status == "diverged" and r.error == "non-finite final metric(s): test_mse"
+    assert "test_pred" not in r.extras and math.isfinite(r.metrics["train_mse"])
+
+
 def test_sin_run_returns_fit_for_plots():
     r = train(RunConfig(dataset="sin", overrides=(("steps", 50), ("eval_points", 1))), progress=False)
     assert r.status == "done" and math.isfinite(r.metrics["test_mse"])
@@ -125,6 +134,7 @@ def test_memory_format_changes_speed_not_the_run(digits):
     ({"overrides": (("steps", "many"),)}, "expected int"),
     ({"train_size": 0}, "train_size"),
     ({"weight_convention": "mine"}, "weight_convention"),
+    ({"overrides": (("eval_points", 0),)}, "eval_points must be > 0"),
 ])
 def test_bad_configs_fail_clearly(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -4,7 +4,7 @@ from .regularizers import (
     REGULARIZERS, ConfidencePenalty, DataGrad, FrobReg, JacReg, OneHot, RandomOneHot, Regularizer,
     SpectReg, couples_batch, get_regularizer, register_regularizer,
 )
-from .data import DATASETS, DataError, Dataset, load_dataset
+from .data import DATASETS, DataError, Dataset, load_dataset, register_dataset
 from .models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
 from .recipes import RECIPES, Recipe, get_recipe
 from .train import RunConfig, RunResult
@@ -19,7 +19,7 @@ __all__ = [
     "Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES",
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch",
-    "DATASETS", "DataError", "Dataset", "load_dataset", "MODELS", "count_parameters", "create_model",
+    "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset", "MODELS", "count_parameters", "create_model",
     "register_model", "StreamDropout", "use_dropout_stream", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
     "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
 ]

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[.
     """Register a loader ``fn(data_dir: Path, *, dev_size, download, verify_checksums) -> Dataset``."""
 
     def decorator(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        if name in DATASETS:  # as models and regularizers: a second loader must not replace the first
+            raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = fn
         return fn
 
@@ -369,6 +372,15 @@ def _read_chunks(folder: Path, split: str, verify: bool) -> tuple[np.ndarray, np
             raise DataError(f"{path}: expected x of shape (N, 32, 32, 3) uint8 and N labels")
         xs.append(x.transpose(0, 3, 1, 2))
         ys.append(y)
+    if manifest is not None:
+        # Allowed (a machine may hold only the chunks a run needs), but it shrinks the pool and moves
+        # the dev split, so it must not pass unnoticed.
+        listed = [n for n in manifest if n.startswith(f"{split}_")]
+        absent = sorted(n for n in listed if not (folder / n).is_file())
+        if absent:
+            expected = sum(int(manifest[n].get("n", 0)) for n in listed)
+            warnings.warn(f"{folder}: {', '.join(absent)} listed in chunks.json but absent; the {split} split "
+                          f"has {sum(map(len, ys))} of {expected} images", stacklevel=2)
     return np.concatenate(xs), np.concatenate(ys)
 
 

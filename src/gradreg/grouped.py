@@ -30,8 +30,8 @@ from torch.func import functional_call
 
 from . import data as data_mod
 from .models import StreamDropout, use_dropout_stream
-from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, init_model, make_optimizer, metrics,
-                    resolve_device, term_weights)
+from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, init_model, make_optimizer,
+                    mark_nonfinite_diverged, metrics, resolve_device, term_weights)
 
 __all__ = ["GroupedModel", "train_group", "group_key", "groupable", "GROUPABLE_MODELS"]
 
@@ -382,7 +382,8 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
             res.metrics.update({k: v for k, v in res.curve[-1].items() if k != "step"})
             res.metrics.update({f"train_{k}": v for k, v in metrics(train_outs[g], y_pool[idx[g]], ds.task).items()
                                 if k != "loss"})
-            if test_outs is not None:
+            mark_nonfinite_diverged(res)
+            if test_outs is not None and res.status == "done":
                 for name, values in (("test_pred", test_outs[g]), ("train_x", x_pool[idx[g]]),
                                      ("train_y", y_pool[idx[g]])):
                     res.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .regularizers import Regularizer, get_regularizer
+from .regularizers import REGULARIZERS, Regularizer, get_regularizer
 
 __all__ = ["Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES"]
 
@@ -122,4 +122,6 @@ def paper_weight(term: str, weight: float, batch_size: int) -> float:
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if term not in REGULARIZERS:  # a misspelt DataGrad would silently keep a B times too large λ
+        raise ValueError(f"unknown regularizer {term!r}; valid: {', '.join(sorted(REGULARIZERS))}")
     return weight / batch_size if term == "datagrad" else weight

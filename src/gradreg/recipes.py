@@ -46,7 +46,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("adam", "sgd"), f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("lr", "batch_size", "steps"):
+        for name in ("lr", "batch_size", "steps", "eval_points", "eval_batch_size"):
             _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)!r}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _check(0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout!r}")

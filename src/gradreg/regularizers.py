@@ -468,8 +468,17 @@ REGULARIZERS: dict[str, Callable[..., Regularizer]] = {}
 
 
 def register_regularizer(name: str, factory: Callable[..., Regularizer] | None = None):
-    """Register ``factory`` (a Regularizer class or a function returning one) under ``name``."""
+    """Register ``factory`` under ``name``: a :class:`Regularizer` dataclass, or a ``functools.partial``
+    of one fixing some options (as ``spectreg_spherical`` is). Usable as a class decorator.
+
+    Only these two forms are accepted because :func:`get_regularizer` checks options against the
+    dataclass's fields and the objective asks the class whether the term needs labels.
+    """
     def add(f):
+        target = _target_class(f)
+        if not (isinstance(target, type) and issubclass(target, Regularizer) and dataclasses.is_dataclass(target)):
+            raise TypeError(f"regularizer {name!r}: the factory must be a Regularizer dataclass or a "
+                            f"functools.partial of one, got {f!r}")
         if name in REGULARIZERS:
             raise ValueError(f"regularizer {name!r} is already registered")
         REGULARIZERS[name] = f

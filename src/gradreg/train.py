@@ -305,7 +305,8 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
         result.metrics.update({k: v for k, v in result.curve[-1].items() if k != "step"})
         train_eval = evaluate(model, x_pool[idx], y_pool[idx], ds.task, recipe.eval_batch_size)
         result.metrics.update({f"train_{k}": v for k, v in train_eval.items() if k != "loss"})
-        if ds.task == "regression":
+        mark_nonfinite_diverged(result)
+        if result.status == "done" and ds.task == "regression":
             with torch.inference_mode():
                 model.eval()
                 # Six decimals are far below the fits' errors and keep the results database small.
@@ -315,6 +316,15 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
     if keep_model:
         result.extras["model"] = model
     return result
+
+
+def mark_nonfinite_diverged(result: RunResult) -> None:
+    """Mark a finished run ``diverged`` when a final metric is not finite. The training loss is checked
+    before each update, so the last updates can still break the weights; argmax accuracy would then
+    look finite while the losses and the weight norm are NaN."""
+    bad = sorted(k for k, v in result.metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if result.status == "done" and bad:
+        result.status, result.error = "diverged", f"non-finite final metric(s): {', '.join(bad)}"
 
 
 def _progress(total: int, config: RunConfig, enabled: bool):
