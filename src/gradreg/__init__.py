@@ -19,7 +19,8 @@ __all__ = [
     "Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES",
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch",
-    "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset", "MODELS", "count_parameters", "create_model",
-    "register_model", "StreamDropout", "use_dropout_stream", "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
+    "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset",
+    "MODELS", "count_parameters", "create_model", "register_model", "StreamDropout", "use_dropout_stream",
+    "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
     "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
 ]
