@@ -9,11 +9,16 @@ for the record only. An arm is a comma-separated list of changes to the standard
   ``default`` rows of ``results/probe_mnist_init.csv`` were run at the earlier 0.001);
 - ``glorot``: Keras' initialization of the paper's era (Glorot-uniform weights, zero biases) instead
   of PyTorch's (Kaiming-uniform(a=√5) weights, small uniform biases);
+- ``batchnorm``: Table 1's BatchNorm LeNet (BatchNorm between each hidden layer and its ReLU; add
+  ``dropout=0`` for the table's cell); ``keras_bn`` with it: Keras' BatchNorm defaults (momentum 0.99,
+  i.e. PyTorch momentum 0.01, and ε 1e-3) instead of PyTorch's (0.1, 1e-5);
 - ``KEY=VALUE``: a recipe override, as ``gradreg train --set`` takes it (``lr=0.002``), or a
   regularizer and its weight in the paper's convention when KEY is a registered one (``datagrad=50``).
 
     python scripts/probe_mnist_baseline.py --arms default glorot --out results/probe_mnist_init.csv
     python scripts/probe_mnist_baseline.py --arms lr=0.0005 lr=0.002 lr=0.003 lr=0.004 --out results/probe_mnist_lr.csv
+    python scripts/probe_mnist_baseline.py --arms dropout=0 batchnorm,dropout=0 batchnorm,dropout=0,keras_bn \
+        batchnorm,dropout=0,lr=0.001 --out results/probe_mnist_bn.csv
 
 Each arm costs about 2.3 CPU-minutes per seed (two runs at a time on this 2-core machine), more with
 a regularizer. Runs are appended to ``--out`` as they finish; rerunning the same command trains only
@@ -25,6 +30,7 @@ import argparse
 import csv
 import multiprocessing
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,23 +45,37 @@ from gradreg.train import RunConfig
 _original_init = train_mod.init_model
 
 
-def _glorot_init(config, ds, device):
-    model = _original_init(config, ds, device)  # seeds the global stream as a normal run does
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return model
+@dataclass(frozen=True)
+class Arm:
+    glorot: bool = False
+    batchnorm: bool = False
+    keras_bn: bool = False
+    overrides: tuple[tuple[str, str], ...] = ()
+    terms: tuple[tuple[str, float], ...] = ()
 
 
-def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...], tuple[tuple[str, float], ...]]:
-    """``(glorot, overrides, terms)`` of an arm; unknown tokens and keys are errors, raised before any run."""
-    glorot, overrides, terms = False, [], []
+def _init_for(arm: Arm):
+    """``train``'s ``init_model`` with the arm's changes, applied after the run's own seeded init."""
+    def init(config, ds, device):
+        model = _original_init(config, ds, device)  # seeds the global stream as a normal run does
+        for m in model.modules():
+            if arm.glorot and isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            if arm.keras_bn and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum, m.eps = 0.01, 1e-3
+        return model
+    return init
+
+
+def parse_arm(arm: str) -> Arm:
+    """An arm's changes; unknown tokens and keys are errors, raised before any run."""
+    flags, overrides, terms = set(), [], []
     for token in filter(None, (t.strip() for t in arm.split(","))):
         if token == "default":
             continue
-        if token == "glorot":
-            glorot = True
+        if token in ("glorot", "batchnorm", "keras_bn"):
+            flags.add(token)
         elif "=" in token:
             key, value = token.split("=", 1)
             if key in REGULARIZERS:
@@ -63,20 +83,23 @@ def parse_arm(arm: str) -> tuple[bool, tuple[tuple[str, str], ...], tuple[tuple[
             else:
                 overrides.append((key, value))
         else:
-            raise SystemExit(f"unknown arm token {token!r}: use default, glorot, a recipe KEY=VALUE or "
-                             f"a regularizer NAME=WEIGHT ({', '.join(sorted(REGULARIZERS))})")
+            raise SystemExit(f"unknown arm token {token!r}: use default, glorot, batchnorm, keras_bn, a recipe "
+                             f"KEY=VALUE or a regularizer NAME=WEIGHT ({', '.join(sorted(REGULARIZERS))})")
+    if "keras_bn" in flags and "batchnorm" not in flags:
+        raise SystemExit(f"arm {arm!r}: keras_bn changes BatchNorm layers, so it needs batchnorm too")
     Recipe().replace(**dict(overrides))  # validates keys and values
-    return glorot, tuple(overrides), tuple(terms)
+    return Arm(glorot="glorot" in flags, batchnorm="batchnorm" in flags, keras_bn="keras_bn" in flags,
+               overrides=tuple(overrides), terms=tuple(terms))
 
 
 def _run(args: tuple[str, int, str, int]) -> dict:
     arm, seed, data_dir, steps = args
     torch.set_num_threads(1)
-    glorot, overrides, terms = parse_arm(arm)
+    spec = parse_arm(arm)
     # Pool workers may be reused across jobs: set the init for every job, never only for one arm.
-    train_mod.init_model = _glorot_init if glorot else _original_init
-    config = RunConfig(dataset="mnist", train_size=2000, seed=seed, overrides=(*overrides, ("steps", steps)),
-                       terms=terms)
+    train_mod.init_model = _init_for(spec)
+    config = RunConfig(dataset="mnist", train_size=2000, seed=seed, batchnorm=spec.batchnorm,
+                       overrides=(*spec.overrides, ("steps", steps)), terms=spec.terms)
     r = train_mod.train(config, data_dir=data_dir, progress=False)
     return {"arm": arm, "seed": seed, "status": r.status, "dev_acc": r.metrics.get("dev_acc"),
             "test_acc": r.metrics.get("test_acc"), "seconds": round(r.seconds, 1)}
