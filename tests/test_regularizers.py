@@ -101,6 +101,11 @@ def exact_value(name, net, x, y, batch_mode, seed, norm="l2sq"):
     raise AssertionError(f"no exact oracle for {name}: add one when registering a term")
 
 
+def mode_options(name, batch_mode):
+    """``batch_mode`` as an option of every term that takes one (the confidence penalty does not)."""
+    return {} if name == "confidence_penalty" else {"batch_mode": batch_mode}
+
+
 def call(name, net, x, y, seed=0, **options):
     term = get_regularizer(name, **options)
     return term(net, x, y if term.needs_labels else None, generator=torch.Generator().manual_seed(seed))
@@ -112,8 +117,7 @@ def call(name, net, x, y, seed=0, **options):
 @pytest.mark.parametrize("train", [True, False])
 def test_matches_exact_jacobian(name, net_name, batch_mode, train):
     net, x, y = make(net_name, train=train)
-    opts = {} if name == "confidence_penalty" else {"batch_mode": batch_mode}
-    got = call(name, net, x, y, seed=3, **opts)
+    got = call(name, net, x, y, seed=3, **mode_options(name, batch_mode))
     want = exact_value(name, net, x, y, batch_mode, seed=3)
     assert got.shape == (B,)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -222,7 +226,7 @@ def term_of_weights(name, net, batch_mode="batch"):
     net = net.double()
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     y = torch.randint(0, M, (3,))
-    term = get_regularizer(name, **({} if name == "confidence_penalty" else {"batch_mode": batch_mode}))
+    term = get_regularizer(name, **mode_options(name, batch_mode))
     names = [n for n, _ in net.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for _, p in net.named_parameters())
 
