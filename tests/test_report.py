@@ -250,3 +250,18 @@ def test_cli_experiments_lists_every_experiment():
     assert res.exit_code == 0
     for name in EXPERIMENTS:
         assert name in res.output
+
+
+def test_cli_experiments_counts_finished_runs_and_the_cost_left(table4_store, tmp_path):
+    from gradreg.experiments import estimate_run_seconds
+
+    exp, db, _ = table4_store  # 3 seeds per cell: 17 done and 1 diverged of the 60 runs
+    res = runner.invoke(app, ["experiments", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    left = sum(estimate_run_seconds(r) for r in exp.runs() if r.seed >= 3) / 3600
+    fields = next(line for line in res.output.splitlines() if line.startswith("table4 ")).split()
+    assert fields[1:5] == ["60", "18", f"{exp.estimated_cost() / 3600:.1f}", f"{left:.1f}"]
+    missing = tmp_path / "none.db"
+    res = runner.invoke(app, ["experiments", "--db", str(missing)])
+    assert res.exit_code == 0 and not missing.exists()  # counting never creates a database
+    assert next(line for line in res.output.splitlines() if line.startswith("table4 ")).split()[2] == "-"

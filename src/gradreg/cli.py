@@ -164,18 +164,34 @@ LAMBDAS_HELP = ("paper: each cell at the paper's reported λ; grid: phase 1 of t
 @app.command()
 def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
                 seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)"),
-                grid_window: Optional[int] = _window_option()):
-    """List the named experiments (the paper's tables and figures) with their size and cost."""
-    from .experiments import EXPERIMENTS
+                grid_window: Optional[int] = _window_option(),
+                db: Optional[Path] = typer.Option(
+                    None, help="count finished runs in this database (default: each experiment's own, "
+                               "results/<dataset>.db, where it exists)")):
+    """List the named experiments (the paper's tables and figures) with their size, cost and progress."""
+    from .experiments import EXPERIMENTS, estimate_run_seconds
+    from .store import ResultStore
 
-    typer.echo(f"{'name':26s} {'runs':>6s} {'est. CPU h':>10s}  title")
+    stores: dict[Path, ResultStore] = {}
+    typer.echo(f"{'name':26s} {'runs':>6s} {'done':>6s} {'est. CPU h':>10s} {'left':>6s}  title")
     for name, exp in EXPERIMENTS.items():
         exp = exp.with_grid_window(grid_window)
         mode = "paper" if lambdas == "selected" else lambdas
-        n = len(exp.runs(lambdas=mode, seeds=seeds))
-        hours = exp.estimated_cost(mode, seeds=seeds) / 3600
-        typer.echo(f"{name:26s} {n:6d} {hours:10.1f}  {exp.title} ({exp.source})")
-    typer.echo("\nCost: rough single-core CPU hours from per-step timings of this project's 2-core machine.")
+        runs = exp.runs(lambdas=mode, seeds=seeds)
+        hours = sum(map(estimate_run_seconds, runs)) / 3600
+        path = _db(db, exp)
+        if path.exists():  # never create an empty database just to count nothing in it
+            store = stores.setdefault(path, ResultStore(path))
+            status = store.statuses([r.key() for r in runs])
+            left = [r for r in runs if status.get(r.key()) not in ("done", "diverged")]
+            done, left_h = f"{len(runs) - len(left):6d}", f"{sum(map(estimate_run_seconds, left)) / 3600:6.1f}"
+        else:
+            done, left_h = f"{'-':>6s}", f"{hours:6.1f}"
+        typer.echo(f"{name:26s} {len(runs):6d} {done} {hours:10.1f} {left_h}  {exp.title} ({exp.source})")
+    for store in stores.values():
+        store.close()
+    typer.echo("\nCost: rough single-core CPU hours from per-step timings of this project's 2-core machine; "
+               "done: finished (or diverged) runs in the results database, left: the estimate for the rest.")
 
 
 @app.command()
