@@ -16,6 +16,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 COMMITTED = [
     (["table1", "--db", "mnist.db"], "table1"),
     (["table2", "--db", "mnist.db"], "table2"),
+    (["table2_cp", "--db", "mnist.db"], "table2_cp"),
     (["table4", "--db", "mnist.db"], "table4"),
     (["table7", "--db", "sin.db"], "table7"),
     (["sin2", "--db", "sin.db"], "sin2"),

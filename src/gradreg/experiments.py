@@ -449,6 +449,22 @@ _add(Experiment(
         "kept. The 'No GR + CP' cell tunes CP itself and is the CP column's reference."),
 ))
 
+# Not in the paper: Table 2's confidence penalty at the weight the dev set picks (investigation).
+_add(Experiment(
+    "table2_cp", "Confidence penalty at its dev-picked weight (MNIST, 2000) (investigation)",
+    "Table 2's CP cell with CP's weight from a dev-seed probe (not in the paper)",
+    (
+        _base("No GR", "No CP", _mnist(), (97.39, 0.11)),
+        _reg("No GR", "CP 0.3", _mnist(), "confidence_penalty", 0.3, (97.57, 0.15), tuned=False),
+    ),
+    notes=(
+        "An investigation, not a paper table: at the caption's CP weight 0.01 the penalty changes nothing "
+        "here (table2). A dev-seed probe (scripts/probe_mnist_baseline.py, results/probe_mnist_cp.csv: "
+        "0.1, 0.3 and 1 on seeds 1000-1004) picked 0.3, near 0.01 x 50, the paper's weight if its code "
+        "summed CP over the batch of 50 as it does DataGrad's norms. The paper column is Table 2's "
+        "'No GR' cells; the 'No CP' cell is table2's baseline (same runs)."),
+))
+
 # Table 3 (6.2.2): CIFAR-10 2000.
 _C10 = _config("cifar10", 2000)
 _add(Experiment(
