@@ -18,6 +18,7 @@ COMMITTED = [
     (["table2", "--db", "mnist.db"], "table2"),
     (["table2_cp", "--db", "mnist.db"], "table2_cp"),
     (["table4", "--db", "mnist.db"], "table4"),
+    (["table6", "--db", "mnist.db"], "table6"),
     (["table7", "--db", "sin.db"], "table7"),
     (["sin2", "--db", "sin.db"], "sin2"),
     (["sin_lownoise", "--db", "sin_lownoise.db"], "sin_lownoise"),
