@@ -130,6 +130,123 @@ def test_lambda_selection_on_a_grid_window_chooses_inside_it(tmp_path):
         assert all(lam not in narrow.cell(*key).grid for key, lam in select_lambdas(exp, store, seeds=2).items())
 
 
+@pytest.fixture
+def table4_grid_store(tmp_path):
+    """table4's phase 1 on a 3-λ window with made-up dev accuracies over 3 dev seeds: each cell's middle
+    λ best, its right neighbour 0.1 behind, its left 0.5 behind, plus a seed effect shared by every λ
+    and a little noise of each run's own; test accuracies say the opposite."""
+    exp = get_experiment("table4").with_grid_window(1)
+    dev = {}
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in exp.plan(lambdas="grid", seeds=3):
+            offset = {0: -0.5, 1: 0.0, 2: -0.1}[p.cell.grid.index(p.lam)]
+            i = p.seed - DEV_SEED_OFFSET
+            acc = 97.0 + offset + 0.3 * i ** 2 + 0.02 * ((i + 2 * p.cell.grid.index(p.lam)) % 3)
+            put(store, p.config, dev_acc=acc, test_acc=100.0 - acc)
+            dev.setdefault((p.cell.key, p.lam), []).append(acc)
+    return exp, tmp_path / "r.db", dev
+
+
+def test_grid_stats_give_every_lambda_and_its_distance_from_the_choice(table4_grid_store):
+    from scipy import stats as sps
+    from gradreg.report import grid_stats
+
+    exp, db, dev = table4_grid_store
+    with ResultStore(db) as store:
+        stats, chosen = grid_stats(exp, store, seeds=3)
+    tuned = [c for c in exp.cells if c.tuned]
+    assert chosen == {c.key: c.grid[1] for c in tuned}
+    assert [(st.cell.key, st.lam) for st in stats] == [(c.key, lam) for c in tuned for lam in c.grid]
+    for st in stats:
+        values = dev[(st.cell.key, st.lam)]
+        assert st.values == pytest.approx(values) and st.seeds == [1000, 1001, 1002]
+        best = dev[(st.cell.key, chosen[st.cell.key])]
+        if st.lam == chosen[st.cell.key]:
+            assert st.delta is None and st.p_value is None
+        else:
+            assert st.delta == pytest.approx(statistics.fmean(values) - statistics.fmean(best))
+            # Paired over seeds: the shared seed effect (0.3 i²) cancels, so even 0.1 is separated,
+            # where an unpaired test drowns it.
+            assert st.p_value == pytest.approx(sps.ttest_rel(values, best).pvalue)
+            assert st.p_value < 0.05 < sps.ttest_ind(values, best, equal_var=False).pvalue
+    assert sorted({round(st.delta, 2) for st in stats if st.delta is not None}) == [-0.5, -0.1]
+
+
+def test_grid_table_and_csv_mark_the_choice_and_the_papers_lambda(table4_grid_store, tmp_path):
+    from gradreg.report import grid_stats, markdown_grid_table, write_grid_csv
+
+    exp, db, _ = table4_grid_store
+    with ResultStore(db) as store:
+        stats, chosen = grid_stats(exp, store, seeds=3)
+    text = markdown_grid_table(exp, stats, chosen)
+    assert "dev_acc per grid λ (%)" in text and "Dev seeds 1000–1002" in text
+    assert "| DataGrad | no WD | **50 (paper, chosen)** |" in text
+    assert "| SpectReg | WD=0.0005 | **0.03 (chosen)** |" in text  # the paper's 0.05 is off the grid
+    assert "| SpectReg | no WD | 0.01 |" in text and "| -0.50 |" in text
+    rows = write_grid_csv(exp, stats, chosen, tmp_path / "g.csv").splitlines()
+    assert (tmp_path / "g.csv").read_text().splitlines() == rows
+    assert rows[0].startswith("experiment,row,column,metric,term,lambda,paper_lambda,chosen,n,mean")
+    assert len(rows) == 1 + len(stats) == 1 + 4 * 3
+    assert sum(",True," in r for r in rows) == 4 and all(",dev_acc," in r for r in rows[1:])
+
+
+def test_dev_seeds_let_the_selection_read_fewer_seeds_than_the_tests_use(table4_grid_store):
+    exp, db, _ = table4_grid_store
+    with ResultStore(db) as store:
+        with pytest.raises(ValueError, match="--dev-seeds"):
+            collect(exp, store, lambdas="selected", seeds=4)  # 4 dev seeds expected, 3 there
+        stats = collect(exp, store, lambdas="selected", seeds=4, dev_seeds=3)
+    by = {st.cell.key: st for st in stats}
+    assert by[("SpectReg", "no WD")].lam == exp.cell("SpectReg", "no WD").grid[1]
+    assert all(st.missing == 4 and not st.n for st in stats)  # phase 2 not run: counted, not invented
+
+
+def test_cli_report_and_plot_the_grid_phase(table4_grid_store, tmp_path):
+    exp, db, _ = table4_grid_store
+    common = ["table4", "--lambdas", "grid", "--grid-window", "1", "--db", str(db)]
+    res = runner.invoke(app, ["report", *common, "--dev-seeds", "3", "--csv", str(tmp_path / "d.csv"),
+                              "--markdown", str(tmp_path / "d.md")])
+    assert res.exit_code == 0, res.output
+    assert "**50 (paper, chosen)**" in res.output and (tmp_path / "d.md").read_text() in res.output
+    assert len((tmp_path / "d.csv").read_text().splitlines()) == 13
+    fewer = runner.invoke(app, ["report", *common, "--seeds", "2"])  # --seeds stands in for --dev-seeds
+    assert fewer.exit_code == 0 and "n=2" in fewer.output and "n=3" not in fewer.output
+    fig = runner.invoke(app, ["plot", *common, "--dev-seeds", "3", "--out", str(tmp_path / "fig")])
+    assert fig.exit_code == 0, fig.output
+    assert (tmp_path / "fig" / "table4_dev.png").stat().st_size > 10_000
+    none = runner.invoke(app, ["report", "table7", "--lambdas", "grid", "--db", str(db)])
+    assert none.exit_code == 2 and "no cell with a λ grid" in none.output
+
+
+def test_cli_sweep_selected_reads_dev_seeds_and_runs_test_seeds(table4_grid_store, monkeypatch):
+    exp, db, _ = table4_grid_store
+    planned = {}
+
+    def fake_run_sweep(configs, db, **kw):
+        planned["configs"] = configs
+        return sweep_mod.SweepSummary(total=len(configs))
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake_run_sweep)
+    args = ["sweep", "table4", "--lambdas", "selected", "--grid-window", "1", "--db", str(db), "--no-progress"]
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 2 and "--dev-seeds" in missing.output
+    res = runner.invoke(app, [*args, "--dev-seeds", "3", "--seeds", "2"])
+    assert res.exit_code == 0, res.output
+    configs = planned["configs"]
+    assert len(configs) == len(exp.cells) * 2 and {c.seed for c in configs} == {0, 1}
+    assert ("spectreg", exp.cell("SpectReg", "no WD").grid[1]) in {t for c in configs for t in c.terms}
+
+
+def test_paired_p_matches_scipy_on_shared_seeds_only():
+    from scipy import stats as sps
+    from gradreg.report import paired_p
+
+    a, b = {1: 97.0, 2: 97.4, 3: 96.9, 9: 90.0}, {1: 96.8, 2: 97.3, 3: 96.5}
+    assert paired_p(a, b) == pytest.approx(sps.ttest_rel([97.0, 97.4, 96.9], [96.8, 97.3, 96.5]).pvalue)
+    assert paired_p({1: 1.0}, {1: 2.0}) is None and paired_p({1: 1.0, 2: 2.0}, {3: 1.0, 4: 2.0}) is None
+    assert paired_p({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0}) == 1.0 and paired_p({1: 2.0, 2: 3.0}, {1: 1.0, 2: 2.0}) == 0.0
+
+
 def test_welch_p_matches_scipy_and_handles_degenerate_input():
     from scipy import stats as sps
     a, b = [1.0, 2.0, 3.5], [2.0, 4.0, 4.5, 6.0]

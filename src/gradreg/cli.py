@@ -115,6 +115,12 @@ WINDOW_HELP = ("λ selection on part of the grid: each tuned cell's 2K+1 grid va
                "scale); give the same K to the grid and selected phases (default: the whole grid)")
 
 
+def _dev_seeds_option():
+    return typer.Option(None, "--dev-seeds", min=1,
+                        help="dev seeds per grid λ: the grid phase runs them, the selection reads them "
+                             "(default: --seeds, else the experiment's)")
+
+
 def _window_option():
     return typer.Option(None, "--grid-window", min=0, metavar="K", help=WINDOW_HELP)
 
@@ -128,16 +134,19 @@ def _experiment(name: str, set_: list[str] | None = None, grid_window: int | Non
         _fail(str(e))
 
 
-def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path):
+def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_seeds: Optional[int] = None):
     """The runs of one sweep phase; 'selected' needs phase 1 (the grid on dev seeds) in ``db``."""
-    if lambdas in ("paper", "grid"):
+    dev = dev_seeds if dev_seeds is not None else seeds
+    if lambdas == "paper":
         return exp.plan(lambdas=lambdas, seeds=seeds, smoke=smoke)
+    if lambdas == "grid":
+        return exp.plan(lambdas=lambdas, seeds=dev, smoke=smoke)
     if lambdas == "selected":
         from .report import select_lambdas
         from .store import ResultStore
         with ResultStore(db) as store:
             try:
-                best = select_lambdas(exp, store, seeds=seeds)
+                best = select_lambdas(exp, store, seeds=dev)
             except ValueError as e:
                 _fail(str(e))
         typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
@@ -201,6 +210,7 @@ def sweep(
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
+    dev_seeds: Optional[int] = _dev_seeds_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
@@ -220,7 +230,7 @@ def sweep(
 
     exp = _experiment(experiment, set_, grid_window)
     db = _db(db, exp)
-    plan = _plan(exp, lambdas, seeds, smoke, db)
+    plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:
@@ -238,41 +248,55 @@ def sweep(
 @app.command()
 def report(
     experiment: str = typer.Argument(...),
-    lambdas: str = typer.Option("paper", help="paper or selected (the λ chosen on the dev set)"),
+    lambdas: str = typer.Option("paper", help="paper, selected (the λ chosen on the dev set, on test seeds) "
+                                              "or grid (phase 1: the dev metric of every grid λ, and the choice)"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
+    dev_seeds: Optional[int] = _dev_seeds_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
     smoke: bool = typer.Option(False, help="report a --smoke sweep"),
 ):
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
-    from .report import collect, markdown_table, write_csv
+    from .report import collect, grid_stats, markdown_grid_table, markdown_table, write_csv, write_grid_csv
 
     exp = _experiment(experiment, set_, grid_window)
     db = _db(db, exp)
+    if lambdas == "grid" and smoke:
+        _fail("--smoke reports the paper or selected phase, not the grid")
     with _existing_store(db, experiment) as store:
         try:
-            stats = collect(exp, store, lambdas=lambdas, seeds=seeds, smoke=smoke)
+            if lambdas == "grid":
+                stats, chosen = grid_stats(exp, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+                if not stats:
+                    _fail(f"{exp.name} has no cell with a λ grid to select on")
+            else:
+                stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
         except ValueError as e:
             _fail(str(e))
-    text = markdown_table(exp, stats)
+    text = markdown_grid_table(exp, stats, chosen) if lambdas == "grid" else markdown_table(exp, stats)
     typer.echo(text)
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(text)
     if csv:
-        write_csv(exp, stats, csv)
+        if lambdas == "grid":
+            write_grid_csv(exp, stats, chosen, csv)
+        else:
+            write_csv(exp, stats, csv)
 
 
 @app.command()
 def plot(
     experiment: str = typer.Argument(...),
-    lambdas: str = typer.Option("paper", help="paper or selected"),
+    lambdas: str = typer.Option("paper", help="paper, selected, or grid (phase 1: dev metric against λ, "
+                                              "drawn as <experiment>_dev)"),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
+    dev_seeds: Optional[int] = _dev_seeds_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
@@ -283,7 +307,7 @@ def plot(
     db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:
-            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds)
+            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
         except ValueError as e:
             _fail(str(e))
     typer.echo("wrote " + ", ".join(map(str, paths)))

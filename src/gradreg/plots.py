@@ -3,7 +3,8 @@
 figure2: test accuracy against training-set size per method; figure3: learning curves; figure4:
 accuracy and squared weight norm against the DataGrad λ per weight decay; figure5/figure6 (and table7):
 SIN fits for several λ with the training points and the true function. Any other experiment gets a
-generic plot of its cells (ours with std error bars, the paper's values as open markers).
+generic plot of its cells (ours with std error bars, the paper's values as open markers). Phase 1 of
+a λ selection (``lambdas="grid"``) draws the dev metric against λ per tuned cell, as ``<name>_dev``.
 """
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import math
 from pathlib import Path
 
 from .experiments import Experiment
-from .report import CellStats, collect
+from .report import CellStats, collect, dev_metric, grid_stats
 from .store import ResultStore
 
 __all__ = ["plot_experiment"]
 
 
 METRIC_LABELS = {"test_acc": "test accuracy (%)", "test_mse": "test MSE", "train_mse": "train MSE",
-                 "test_top5": "test top-5 accuracy (%)"}
+                 "test_top5": "test top-5 accuracy (%)", "dev_acc": "dev accuracy (%)", "dev_mse": "dev MSE",
+                 "dev_top5": "dev top-5 accuracy (%)"}
 
 
 def _pyplot():
@@ -194,11 +196,55 @@ def _generic(experiment, stats, store, out_dir):
     return fig
 
 
+def _figure_grid(experiment, stats, chosen):
+    """Dev metric against λ, one panel per method, one line per setup; the choice filled, the paper's λ
+    as a dotted line, so a flat curve (neighbours within noise) shows at a glance."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(st.cell.row for st in stats))
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.0), squeeze=False)
+    metric = dev_metric(experiment.cells[0].metric)
+    scale = 1e5 if metric.endswith("mse") else 1.0
+    for ax, method in zip(axes[0], methods):
+        setups = list(dict.fromkeys(st.cell.column for st in stats if st.cell.row == method))
+        for i, setup in enumerate(setups):
+            pts = [st for st in stats if st.cell.key == (method, setup) and st.n]
+            if not pts:
+                continue
+            color = f"C{i}"
+            ax.errorbar([st.lam for st in pts], [st.mean * scale for st in pts],
+                        yerr=[0 if math.isnan(st.std) else st.std * scale for st in pts], color=color,
+                        marker="o", mfc="white", capsize=3, label=f"{setup} (n={max(st.n for st in pts)})")
+            best = [st for st in pts if chosen.get(st.cell.key) == st.lam]
+            ax.plot([st.lam for st in best], [st.mean * scale for st in best], "o", color=color, ms=8)
+            paper = pts[0].cell.paper_lambda
+            if paper is not None:
+                ax.axvline(paper, color=color, ls=":", alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{method} λ (filled: chosen; dotted: paper's λ)")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + (" (1e-5)" if scale != 1 else ""))
+        ax.grid(alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(f"{experiment.title}: λ selection on dev seeds (mean, std)", fontsize=10)
+    return fig
+
+
 def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | Path, *,
-                    lambdas: str = "paper", seeds: int | None = None) -> list[Path]:
-    """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written."""
-    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds)
+                    lambdas: str = "paper", seeds: int | None = None,
+                    dev_seeds: int | None = None) -> list[Path]:
+    """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
+
+    ``lambdas="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds.
+    """
     name = experiment.name
+    if lambdas == "grid":
+        stats, chosen = grid_stats(experiment, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+        if not stats:
+            raise ValueError(f"{name} has no cell with a λ grid to select on")
+        fig = _figure_grid(experiment, stats, chosen)
+        paths = _save(fig, Path(out_dir), f"{name}_dev")
+        _pyplot().close(fig)
+        return paths
+    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
     if name == "figure2":
         fig = _figure_sizes(experiment, stats, store, out_dir)
     elif name == "figure3":

@@ -19,8 +19,8 @@ from typing import Iterable
 from .experiments import Cell, Experiment, PlannedRun
 from .store import ResultStore
 
-__all__ = ["CellStats", "collect", "select_lambdas", "markdown_table", "write_csv", "dev_metric",
-           "higher_is_better", "welch_p"]
+__all__ = ["CellStats", "collect", "select_lambdas", "grid_stats", "markdown_table", "markdown_grid_table",
+           "write_csv", "write_grid_csv", "dev_metric", "higher_is_better", "paired_p", "welch_p"]
 
 ALPHA = 0.05
 
@@ -75,6 +75,18 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:
+    """Two-sided paired t-test over the seeds ``a`` and ``b`` (seed -> value) share; None below 2."""
+    common = sorted(a.keys() & b.keys())
+    if len(common) < 2:
+        return None
+    diffs = [a[s] - b[s] for s in common]
+    if len(set(diffs)) == 1:  # no spread: the t statistic is undefined
+        return 1.0 if diffs[0] == 0 else 0.0
+    from scipy import stats
+    return float(stats.ttest_rel([a[s] for s in common], [b[s] for s in common]).pvalue)
+
+
 def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of,
             group=lambda p: p.cell.key) -> dict:
     """CellStats per ``group(run)`` (default: per cell), from one query of the store."""
@@ -106,12 +118,16 @@ def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of,
 
 def select_lambdas(experiment: Experiment, store: ResultStore, *, seeds: int | None = None,
                    require_complete: bool = True) -> dict[tuple[str, str], float]:
-    """Phase 1's outcome: for each tuned cell, the grid λ with the best mean dev metric.
+    """Phase 1's outcome: for each tuned cell, the grid λ with the best mean dev metric over ``seeds``
+    dev seeds (default: the experiment's).
 
     Diverged runs count as the worst possible value (a λ that diverges on some subsets is not chosen
     over one that never does). ``require_complete``: refuse while grid runs are missing.
     """
-    stats = _gather_grid(experiment, store, seeds)
+    return _choose(experiment, _gather_grid(experiment, store, seeds), require_complete)
+
+
+def _choose(experiment: Experiment, stats: dict, require_complete: bool) -> dict[tuple[str, str], float]:
     best: dict[tuple[str, str], float] = {}
     for cell in experiment.cells:
         if not cell.tuned:
@@ -122,7 +138,8 @@ def select_lambdas(experiment: Experiment, store: ResultStore, *, seeds: int | N
             st = stats[(cell.key, lam)]
             if require_complete and (st.missing or st.failed):
                 raise ValueError(f"{experiment.name} {cell.key}: λ={lam:g} has {st.missing} missing and "
-                                 f"{st.failed} failed dev runs; run `gradreg sweep {experiment.name} --lambdas grid` first")
+                                 f"{st.failed} failed dev runs; run `gradreg sweep {experiment.name} --lambdas grid` "
+                                 f"first (with the same --grid-window, and --dev-seeds if it ran fewer dev seeds)")
             if not st.n:
                 continue
             score = sign * st.mean if not st.diverged else -math.inf
@@ -132,6 +149,32 @@ def select_lambdas(experiment: Experiment, store: ResultStore, *, seeds: int | N
     return best
 
 
+def grid_stats(experiment: Experiment, store: ResultStore, *, seeds: int | None = None
+               ) -> tuple[list[CellStats], dict[tuple[str, str], float]]:
+    """Phase 1 as it stands: the dev metric per tuned cell and grid λ (cell, then grid order), and the
+    λ each cell chooses from the runs there so far.
+
+    Each λ's ``delta`` (difference of means) and ``p_value`` compare it with its cell's chosen λ. The
+    p-value is a paired t-test over the dev seeds both have, *not* corrected: a seed fixes the training
+    subset, initialization and batch order for every λ, and that shared draw is most of a run's spread
+    (it moves 5-run means by 0.2-0.3 on MNIST), so pairing is what lets a few seeds separate neighbours.
+    """
+    by_key = _gather_grid(experiment, store, seeds)
+    chosen = _choose(experiment, by_key, require_complete=False)
+    out = []
+    for cell in experiment.cells:
+        if not cell.tuned:
+            continue
+        ref = by_key[(cell.key, chosen[cell.key])] if cell.key in chosen else None
+        for lam in cell.grid:
+            st = by_key[(cell.key, lam)]
+            if ref is not None and st is not ref and st.n and ref.n:
+                st.delta = st.mean - ref.mean
+                st.p_value = paired_p(dict(zip(st.seeds, st.values)), dict(zip(ref.seeds, ref.values)))
+            out.append(st)
+    return out, chosen
+
+
 def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
     """CellStats per (cell key, λ) of phase 1, on the dev metric."""
     return _gather(experiment.plan(lambdas="grid", seeds=seeds), store, lambda c: dev_metric(c.metric),
@@ -139,12 +182,14 @@ def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
 
 
 def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper",
-            seeds: int | None = None, smoke: bool = False) -> list[CellStats]:
-    """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ)."""
+            seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False) -> list[CellStats]:
+    """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ), over
+    ``seeds`` test seeds; the selection reads ``dev_seeds`` dev seeds per λ (default: ``seeds``)."""
     if lambdas == "paper":
         plan = experiment.plan(seeds=seeds, smoke=smoke)
     elif lambdas == "selected":
-        plan = experiment.select_plan(select_lambdas(experiment, store, seeds=seeds), seeds=seeds, smoke=smoke)
+        best = select_lambdas(experiment, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+        plan = experiment.select_plan(best, seeds=seeds, smoke=smoke)
     else:
         raise ValueError(f"lambdas must be 'paper' or 'selected', got {lambdas!r}")
     by_cell = _gather(plan, store, lambda c: c.metric)
@@ -233,6 +278,67 @@ def write_csv(experiment: Experiment, stats: list[CellStats], path: str | Path |
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(experiment, stats))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(buf.getvalue())
+    return buf.getvalue()
+
+
+def _seed_span(stats: list[CellStats]) -> str:
+    seeds = sorted({s for st in stats for s in st.seeds})
+    return f"{seeds[0]}–{seeds[-1]}" if seeds else "none yet"
+
+
+def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
+                        chosen: dict[tuple[str, str], float]) -> str:
+    """Phase 1 of the λ selection, one line per tuned cell and grid λ: the dev metric, the λ chosen,
+    and how far each neighbour lies from the choice."""
+    metric = dev_metric(experiment.cells[0].metric)
+    unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
+    better = "highest" if higher_is_better(metric) else "lowest"
+    lines = [f"### {experiment.name} λ selection, phase 1: {metric} per grid λ{unit}", "",
+             f"Source: {experiment.source}. Dev seeds {_seed_span(stats)} (training subsets, inits and "
+             f"orders never used by the reported runs), scored on the held-out dev set. Each cell chooses the "
+             f"λ with the {better} mean (ties: the smaller λ; a λ with a diverged run is never chosen). "
+             f"Δ and p compare a λ with its cell's choice (paired t-test over shared dev seeds, which fix "
+             f"the training subset, init and order; uncorrected): a large p means these seeds do not separate "
+             f"the two.", "",
+             "| method | setup | λ | dev mean (std) n | Δ vs chosen | p vs chosen |", "|---|---|---|---|---|---|"]
+    for st in stats:
+        cell = st.cell
+        tags = [t for t, on in (("paper", st.lam == cell.paper_lambda), ("chosen", chosen.get(cell.key) == st.lam)) if on]
+        lam = f"{st.lam:g}" + (f" ({', '.join(tags)})" if tags else "")
+        if chosen.get(cell.key) == st.lam:
+            lam = f"**{lam}**"
+        text = f"{_fmt(st.mean if st.n else None, st.std, metric)} n={st.n}"
+        for label, count in (("div", st.diverged), ("failed", st.failed), ("missing", st.missing)):
+            if count:
+                text += f" {label}={count}"
+        scale = 1e5 if metric.endswith("mse") else 1.0
+        delta = "–" if st.delta is None else f"{st.delta * scale:+.2f}"
+        p = "–" if st.p_value is None else f"{st.p_value:.2g}"
+        lines.append(f"| {cell.row} | {cell.column} | {lam} | {text} | {delta} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
+GRID_CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "paper_lambda", "chosen", "n",
+                   "mean", "std", "diverged", "failed", "missing", "delta_vs_chosen", "p_vs_chosen", "seeds"]
+
+
+def write_grid_csv(experiment: Experiment, stats: list[CellStats], chosen: dict[tuple[str, str], float],
+                   path: str | Path | None = None) -> str:
+    """:func:`markdown_grid_table` as CSV, one row per tuned cell and grid λ."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=GRID_CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for st in stats:
+        writer.writerow({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
+                         "metric": dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
+                         "paper_lambda": st.cell.paper_lambda, "chosen": chosen.get(st.cell.key) == st.lam,
+                         "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
+                         "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
+                         "delta_vs_chosen": st.delta, "p_vs_chosen": st.p_value,
+                         "seeds": " ".join(map(str, st.seeds))})
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(buf.getvalue())
