@@ -185,9 +185,32 @@ def test_grid_table_and_csv_mark_the_choice_and_the_papers_lambda(table4_grid_st
     assert "| SpectReg | no WD | 0.01 |" in text and "| -0.50 |" in text
     rows = write_grid_csv(exp, stats, chosen, tmp_path / "g.csv").splitlines()
     assert (tmp_path / "g.csv").read_text().splitlines() == rows
-    assert rows[0].startswith("experiment,row,column,metric,term,lambda,paper_lambda,chosen,n,mean")
-    assert len(rows) == 1 + len(stats) == 1 + 4 * 3
-    assert sum(",True," in r for r in rows) == 4 and all(",dev_acc," in r for r in rows[1:])
+    import csv
+    parsed = list(csv.DictReader(rows))
+    assert list(parsed[0])[:9] == ["experiment", "row", "column", "metric", "term", "lambda", "paper_lambda",
+                                   "chosen", "at_window_edge"]
+    assert len(parsed) == len(stats) == 4 * 3 and {r["metric"] for r in parsed} == {"dev_acc"}
+    assert [r["lambda"] for r in parsed if r["chosen"] == "True"] == ["0.03", "50.0", "0.03", "50.0"]
+    # Each 3-λ window ends on both sides inside its full grid.
+    assert [r["at_window_edge"] for r in parsed[:3]] == ["True", "False", "True"]
+
+
+def test_a_choice_at_the_end_of_a_narrowed_grid_is_flagged(tmp_path):
+    from gradreg.report import at_window_edge, grid_stats, markdown_grid_table
+
+    full = get_experiment("table4")
+    narrow = full.with_grid_window(1)
+    spect = narrow.cell("SpectReg", "no WD")
+    assert spect.grid == (0.01, 0.03, 0.1)
+    assert at_window_edge(spect, 0.01) and at_window_edge(spect, 0.1) and not at_window_edge(spect, 0.03)
+    whole = full.cell("SpectReg", "no WD")
+    assert not at_window_edge(whole, whole.grid[0]) and not at_window_edge(whole, whole.grid[-1])
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in narrow.plan(lambdas="grid", seeds=2):
+            put(store, p.config, dev_acc=(99.0 if p.lam == p.cell.grid[0] else 98.0) + 0.1 * (p.seed - DEV_SEED_OFFSET))
+        stats, chosen = grid_stats(narrow, store, seeds=2)
+    text = markdown_grid_table(narrow, stats, chosen)
+    assert "| SpectReg | no WD | **0.01 (chosen, window edge)** |" in text
 
 
 def test_dev_seeds_let_the_selection_read_fewer_seeds_than_the_tests_use(table4_grid_store):

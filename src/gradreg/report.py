@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .experiments import Cell, Experiment, PlannedRun
+from .experiments import GRIDS, Cell, Experiment, PlannedRun
 from .store import ResultStore
 
 __all__ = ["CellStats", "collect", "select_lambdas", "grid_stats", "markdown_table", "markdown_grid_table",
-           "write_csv", "write_grid_csv", "dev_metric", "higher_is_better", "paired_p", "welch_p"]
+           "write_csv", "write_grid_csv", "at_window_edge", "dev_metric", "higher_is_better", "paired_p", "welch_p"]
 
 ALPHA = 0.05
 
@@ -289,6 +289,14 @@ def _seed_span(stats: list[CellStats]) -> str:
     return f"{seeds[0]}–{seeds[-1]}" if seeds else "none yet"
 
 
+def at_window_edge(cell: Cell, lam: float) -> bool:
+    """``lam`` ends ``cell``'s (narrowed) grid on a side where the term's full grid goes on: the best λ
+    may lie beyond what was run (``--grid-window`` wider would tell)."""
+    full = GRIDS.get(cell.term or "", ())
+    low, high = cell.grid[0], cell.grid[-1]
+    return (lam == low and any(v < low for v in full)) or (lam == high and any(v > high for v in full))
+
+
 def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
                         chosen: dict[tuple[str, str], float]) -> str:
     """Phase 1 of the λ selection, one line per tuned cell and grid λ: the dev metric, the λ chosen,
@@ -302,11 +310,14 @@ def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
              f"λ with the {better} mean (ties: the smaller λ; a λ with a diverged run is never chosen). "
              f"Δ and p compare a λ with its cell's choice (paired t-test over shared dev seeds, which fix "
              f"the training subset, init and order; uncorrected): a large p means these seeds do not separate "
-             f"the two.", "",
+             f"the two. 'window edge': the choice ends a narrowed grid (--grid-window) that the full grid goes "
+             f"on past, so the best λ may lie outside what was run.", "",
              "| method | setup | λ | dev mean (std) n | Δ vs chosen | p vs chosen |", "|---|---|---|---|---|---|"]
     for st in stats:
         cell = st.cell
-        tags = [t for t, on in (("paper", st.lam == cell.paper_lambda), ("chosen", chosen.get(cell.key) == st.lam)) if on]
+        is_chosen = chosen.get(cell.key) == st.lam
+        tags = [t for t, on in (("paper", st.lam == cell.paper_lambda), ("chosen", is_chosen),
+                                ("window edge", is_chosen and at_window_edge(cell, st.lam))) if on]
         lam = f"{st.lam:g}" + (f" ({', '.join(tags)})" if tags else "")
         if chosen.get(cell.key) == st.lam:
             lam = f"**{lam}**"
@@ -321,7 +332,8 @@ def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
     return "\n".join(lines) + "\n"
 
 
-GRID_CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "paper_lambda", "chosen", "n",
+GRID_CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "paper_lambda", "chosen",
+                   "at_window_edge", "n",
                    "mean", "std", "diverged", "failed", "missing", "delta_vs_chosen", "p_vs_chosen", "seeds"]
 
 
@@ -335,6 +347,7 @@ def write_grid_csv(experiment: Experiment, stats: list[CellStats], chosen: dict[
         writer.writerow({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
                          "metric": dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
                          "paper_lambda": st.cell.paper_lambda, "chosen": chosen.get(st.cell.key) == st.lam,
+                         "at_window_edge": at_window_edge(st.cell, st.lam),
                          "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
                          "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
                          "delta_vs_chosen": st.delta, "p_vs_chosen": st.p_value,
