@@ -215,11 +215,14 @@ def _figure_grid(experiment, stats, chosen):
                         yerr=[0 if math.isnan(st.std) else st.std * scale for st in pts], color=color,
                         marker="o", mfc="white", capsize=3, label=f"{setup} (n={max(st.n for st in pts)})")
             best = [st for st in pts if chosen.get(st.cell.key) == st.lam]
-            ax.plot([st.lam for st in best], [st.mean * scale for st in best], "o", color=color, ms=8)
+            ax.plot([st.lam for st in best], [st.mean * scale for st in best], "o", color=color, ms=8, zorder=4)
             paper = pts[0].cell.paper_lambda
             if paper is not None:
                 ax.axvline(paper, color=color, ls=":", alpha=0.7)
         ax.set_xscale("log")
+        lams = sorted({st.lam for st in stats if st.cell.row == method})
+        ax.set_xticks(lams, [f"{lam:g}" for lam in lams])  # the grid's own values, not powers of ten
+        ax.minorticks_off()
         ax.set_xlabel(f"{method} λ (filled: chosen; dotted: paper's λ)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + (" (1e-5)" if scale != 1 else ""))
         ax.grid(alpha=0.3)
