@@ -18,6 +18,7 @@ COMMITTED = [
     (["table2"], "mnist.db", "table2"),
     (["table2_cp"], "mnist.db", "table2_cp"),
     (["table4"], "mnist.db", "table4"),
+    (["table4", "--lambdas", "grid", "--grid-window", "1", "--seeds", "5"], "mnist.db", "table4_dev"),
     (["table6"], "mnist.db", "table6"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
