@@ -270,8 +270,6 @@ def report(
         try:
             if lambdas == "grid":
                 stats, chosen = grid_stats(exp, store, seeds=dev_seeds if dev_seeds is not None else seeds)
-                if not stats:
-                    _fail(f"{exp.name} has no cell with a λ grid to select on")
             else:
                 stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
         except ValueError as e:

@@ -241,8 +241,6 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     name = experiment.name
     if lambdas == "grid":
         stats, chosen = grid_stats(experiment, store, seeds=dev_seeds if dev_seeds is not None else seeds)
-        if not stats:
-            raise ValueError(f"{name} has no cell with a λ grid to select on")
         fig = _figure_grid(experiment, stats, chosen)
         paths = _save(fig, Path(out_dir), f"{name}_dev")
         _pyplot().close(fig)

@@ -159,6 +159,8 @@ def grid_stats(experiment: Experiment, store: ResultStore, *, seeds: int | None 
     subset, initialization and batch order for every λ, and that shared draw is most of a run's spread
     (it moves 5-run means by 0.2-0.3 on MNIST), so pairing is what lets a few seeds separate neighbours.
     """
+    if not any(c.tuned for c in experiment.cells):
+        raise ValueError(f"{experiment.name} has no cell with a λ grid to select on")
     by_key = _gather_grid(experiment, store, seeds)
     chosen = _choose(experiment, by_key, require_complete=False)
     out = []
@@ -219,16 +221,18 @@ def _fmt(value: float | None, std: float | None, metric: str) -> str:
     return s
 
 
+def _runs_text(st: CellStats, metric: str) -> str:
+    """``mean (std) n=N`` and whatever did not finish: diverged, failed, missing runs."""
+    text = f"{_fmt(st.mean if st.n else None, st.std, metric)} n={st.n}"
+    for label, count in (("div", st.diverged), ("failed", st.failed), ("missing", st.missing)):
+        if count:
+            text += f" {label}={count}"
+    return text
+
+
 def _cell_text(st: CellStats) -> str:
     metric = st.cell.metric
-    ours = _fmt(st.mean if st.n else None, st.std, metric)
-    text = f"{ours} n={st.n}"
-    if st.diverged:
-        text += f" div={st.diverged}"
-    if st.failed:
-        text += f" failed={st.failed}"
-    if st.missing:
-        text += f" missing={st.missing}"
+    text = _runs_text(st, metric)
     if st.p_value is not None:
         text += f" p={st.p_value:.2g}{'*' if st.significant else ''}"
     paper = st.cell.paper
@@ -274,10 +278,15 @@ def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
 
 
 def write_csv(experiment: Experiment, stats: list[CellStats], path: str | Path | None = None) -> str:
+    return _write_csv(CSV_FIELDS, csv_rows(experiment, stats), path)
+
+
+def _write_csv(fields: list[str], rows: Iterable[dict], path: str | Path | None) -> str:
+    """``rows`` as CSV text, also written to ``path`` when given."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(experiment, stats))
+    writer.writerows(rows)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(buf.getvalue())
@@ -304,6 +313,7 @@ def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
     metric = dev_metric(experiment.cells[0].metric)
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
     better = "highest" if higher_is_better(metric) else "lowest"
+    scale = 1e5 if metric.endswith("mse") else 1.0
     lines = [f"### {experiment.name} λ selection, phase 1: {metric} per grid λ{unit}", "",
              f"Source: {experiment.source}. Dev seeds {_seed_span(stats)} (training subsets, inits and "
              f"orders never used by the reported runs), scored on the held-out dev set. Each cell chooses the "
@@ -321,11 +331,7 @@ def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
         lam = f"{st.lam:g}" + (f" ({', '.join(tags)})" if tags else "")
         if chosen.get(cell.key) == st.lam:
             lam = f"**{lam}**"
-        text = f"{_fmt(st.mean if st.n else None, st.std, metric)} n={st.n}"
-        for label, count in (("div", st.diverged), ("failed", st.failed), ("missing", st.missing)):
-            if count:
-                text += f" {label}={count}"
-        scale = 1e5 if metric.endswith("mse") else 1.0
+        text = _runs_text(st, metric)
         delta = "–" if st.delta is None else f"{st.delta * scale:+.2f}"
         p = "–" if st.p_value is None else f"{st.p_value:.2g}"
         lines.append(f"| {cell.row} | {cell.column} | {lam} | {text} | {delta} | {p} |")
@@ -340,19 +346,12 @@ GRID_CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "p
 def write_grid_csv(experiment: Experiment, stats: list[CellStats], chosen: dict[tuple[str, str], float],
                    path: str | Path | None = None) -> str:
     """:func:`markdown_grid_table` as CSV, one row per tuned cell and grid λ."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=GRID_CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for st in stats:
-        writer.writerow({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
-                         "metric": dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
-                         "paper_lambda": st.cell.paper_lambda, "chosen": chosen.get(st.cell.key) == st.lam,
-                         "at_window_edge": at_window_edge(st.cell, st.lam),
-                         "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
-                         "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
-                         "delta_vs_chosen": st.delta, "p_vs_chosen": st.p_value,
-                         "seeds": " ".join(map(str, st.seeds))})
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(buf.getvalue())
-    return buf.getvalue()
+    rows = ({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
+             "metric": dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
+             "paper_lambda": st.cell.paper_lambda, "chosen": chosen.get(st.cell.key) == st.lam,
+             "at_window_edge": at_window_edge(st.cell, st.lam),
+             "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
+             "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
+             "delta_vs_chosen": st.delta, "p_vs_chosen": st.p_value, "seeds": " ".join(map(str, st.seeds))}
+            for st in stats)
+    return _write_csv(GRID_CSV_FIELDS, rows, path)
