@@ -81,6 +81,20 @@ def test_grid_window_takes_the_nearest_values_on_a_log_scale():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_with_rows_keeps_those_rows_and_the_baselines(name):
+    e = get_experiment(name)
+    assert e.with_rows(None) is e and e.with_rows([]) is e
+    row = e.rows[-1]
+    only = e.with_rows([row])
+    assert {c.key for c in only.cells} == {c.key for c in e.cells if c.row == row or c.baseline}
+    assert {r.key() for r in only.runs(seeds=2)} <= {r.key() for r in e.runs(seeds=2)}
+    assert all(only.reference(c) == e.reference(c) for c in only.cells)
+    assert f"Only the rows {row}" in only.notes
+    with pytest.raises(ValueError, match=f"no row 'nope'; rows: {e.rows[0]}"):
+        e.with_rows([row, "nope"])
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_grid_window_narrows_tuned_grids_around_the_paper_lambda(name):
     e = get_experiment(name)
     assert e.with_grid_window(None) is e

@@ -260,6 +260,35 @@ def test_cli_sweep_selected_reads_dev_seeds_and_runs_test_seeds(table4_grid_stor
     assert ("spectreg", exp.cell("SpectReg", "no WD").grid[1]) in {t for c in configs for t in c.terms}
 
 
+def test_cli_row_restricts_sweep_and_report_to_one_method(table4_grid_store, monkeypatch):
+    """--row SpectReg: a wider window for one method plans only its runs, and its selection does not
+    wait for the other methods' grid runs at that window."""
+    exp, db, _ = table4_grid_store
+    planned = {}
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda configs, db, **kw: (
+        planned.update(configs=configs), sweep_mod.SweepSummary(total=len(configs)))[1])
+    common = ["table4", "--grid-window", "2", "--db", str(db), "--row", "SpectReg"]
+    res = runner.invoke(app, ["sweep", *common, "--lambdas", "grid", "--seeds", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len(planned["configs"]) == 2 * 5 * 3  # 2 SpectReg cells x 5 λ x 3 dev seeds; no baseline grid
+    assert {t[0] for c in planned["configs"] for t in c.terms} == {"spectreg"}
+    wide = get_experiment("table4").with_grid_window(2).with_rows(["SpectReg"])
+    with ResultStore(db) as store:  # the two new λ per cell: the smaller one best on dev
+        for p in wide.plan(lambdas="grid", seeds=3):
+            if p.lam not in exp.cell(*p.cell.key).grid:
+                put(store, p.config, dev_acc=99.0 if p.lam == p.cell.grid[0] else 90.0, test_acc=50.0)
+    grid = runner.invoke(app, ["report", *common, "--lambdas", "grid", "--dev-seeds", "3"])
+    assert grid.exit_code == 0 and "DataGrad" not in grid.output, grid.output
+    assert grid.output.count("**0.003 (chosen") == 2 and "missing" not in grid.output
+    sel = runner.invoke(app, ["sweep", *common, "--lambdas", "selected", "--dev-seeds", "3", "--no-progress"])
+    assert sel.exit_code == 0, sel.output
+    assert {t for c in planned["configs"] for t in c.terms} == {("spectreg", wide.cells[1].grid[0])}
+    every = runner.invoke(app, ["report", *common[:-2], "--lambdas", "selected", "--dev-seeds", "3"])
+    assert every.exit_code == 2 and "('DataGrad', 'no WD')" in every.output
+    bad = runner.invoke(app, ["report", *common[:-1], "Spectreg"])
+    assert bad.exit_code == 2 and "no row 'Spectreg'; rows: NoGR, SpectReg, DataGrad" in bad.output
+
+
 def test_paired_p_matches_scipy_on_shared_seeds_only():
     from scipy import stats as sps
     from gradreg.report import paired_p

@@ -125,11 +125,17 @@ def _window_option():
     return typer.Option(None, "--grid-window", min=0, metavar="K", help=WINDOW_HELP)
 
 
-def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None):
+def _row_option():
+    return typer.Option([], "--row", help="only this row of the table (a method, e.g. SpectReg), repeatable; "
+                                          "the baselines are kept for the comparisons (default: every row)")
+
+
+def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,
+                rows: list[str] | None = None):
     from .experiments import get_experiment
     try:
         exp = get_experiment(name).with_overrides(dict(_parse_pairs(set_ or [], "--set")))
-        return exp.with_grid_window(grid_window)
+        return exp.with_grid_window(grid_window).with_rows(rows)
     except ValueError as e:
         _fail(str(e))
 
@@ -211,6 +217,7 @@ def sweep(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
     dev_seeds: Optional[int] = _dev_seeds_option(),
+    row: List[str] = _row_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
     threads: int = typer.Option(1, help="torch threads per run"),
@@ -228,7 +235,7 @@ def sweep(
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
     from .sweep import default_workers, run_sweep
 
-    exp = _experiment(experiment, set_, grid_window)
+    exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
     plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     n_workers = workers or default_workers(device)
@@ -254,6 +261,7 @@ def report(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
     dev_seeds: Optional[int] = _dev_seeds_option(),
+    row: List[str] = _row_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
@@ -262,7 +270,7 @@ def report(
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
     from .report import collect, grid_stats, markdown_grid_table, markdown_table, write_csv, write_grid_csv
 
-    exp = _experiment(experiment, set_, grid_window)
+    exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
     if lambdas == "grid" and smoke:
         _fail("--smoke reports the paper or selected phase, not the grid")
@@ -295,13 +303,14 @@ def plot(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
     dev_seeds: Optional[int] = _dev_seeds_option(),
+    row: List[str] = _row_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
 
-    exp = _experiment(experiment, set_, grid_window)
+    exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
     with _existing_store(db, experiment) as store:
         try:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .regularizers import REGULARIZERS
@@ -246,6 +247,20 @@ class Experiment:
                       if c.tuned else c for c in self.cells)
         note = (f"λ grids narrowed to the {2 * k + 1} values nearest the paper's λ on a log scale "
                 f"(--grid-window {k}).")
+        return dataclasses.replace(self, cells=cells, notes=f"{self.notes} {note}".strip())
+
+    def with_rows(self, rows: Sequence[str] | None) -> "Experiment":
+        """The same experiment with only the cells of ``rows`` (and each column's baseline, which
+        every comparison needs): e.g. a wider λ window for one method without rerunning the others.
+        ``None`` or empty keeps every row. Unknown names raise, listing the rows there are."""
+        if not rows:
+            return self
+        unknown = [r for r in rows if r not in self.rows]
+        if unknown:
+            raise ValueError(f"{self.name} has no row {', '.join(map(repr, unknown))}; "
+                             f"rows: {', '.join(self.rows)}")
+        cells = tuple(c for c in self.cells if c.row in rows or c.baseline)
+        note = f"Only the rows {', '.join(rows)} (and the baselines)."
         return dataclasses.replace(self, cells=cells, notes=f"{self.notes} {note}".strip())
 
     # --- runs -------------------------------------------------------------------------------------
