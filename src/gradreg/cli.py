@@ -142,13 +142,13 @@ def _experiment(name: str, set_: list[str] | None = None, grid_window: int | Non
 
 def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_seeds: Optional[int] = None):
     """The runs of one sweep phase; 'selected' needs phase 1 (the grid on dev seeds) in ``db``."""
-    dev = dev_seeds if dev_seeds is not None else seeds
+    from .report import dev_seed_count, select_lambdas
+    dev = dev_seed_count(seeds, dev_seeds)
     if lambdas == "paper":
         return exp.plan(lambdas=lambdas, seeds=seeds, smoke=smoke)
     if lambdas == "grid":
         return exp.plan(lambdas=lambdas, seeds=dev, smoke=smoke)
     if lambdas == "selected":
-        from .report import select_lambdas
         from .store import ResultStore
         with ResultStore(db) as store:
             try:
@@ -268,7 +268,8 @@ def report(
     smoke: bool = typer.Option(False, help="report a --smoke sweep"),
 ):
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
-    from .report import collect, grid_stats, markdown_grid_table, markdown_table, write_csv, write_grid_csv
+    from .report import (collect, dev_seed_count, grid_stats, markdown_grid_table, markdown_table, write_csv,
+                         write_grid_csv)
 
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
@@ -277,7 +278,7 @@ def report(
     with _existing_store(db, experiment) as store:
         try:
             if lambdas == "grid":
-                stats, chosen = grid_stats(exp, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+                stats, chosen = grid_stats(exp, store, seeds=dev_seed_count(seeds, dev_seeds))
             else:
                 stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
         except ValueError as e:

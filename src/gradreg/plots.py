@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from .experiments import Experiment
-from .report import CellStats, collect, dev_metric, grid_stats
+from .report import CellStats, collect, dev_metric, dev_seed_count, grid_stats
 from .store import ResultStore
 
 __all__ = ["plot_experiment"]
@@ -240,7 +240,7 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     """
     name = experiment.name
     if lambdas == "grid":
-        stats, chosen = grid_stats(experiment, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+        stats, chosen = grid_stats(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         fig = _figure_grid(experiment, stats, chosen)
         paths = _save(fig, Path(out_dir), f"{name}_dev")
         _pyplot().close(fig)

@@ -149,6 +149,12 @@ def _choose(experiment: Experiment, stats: dict, require_complete: bool) -> dict
     return best
 
 
+def dev_seed_count(seeds: int | None, dev_seeds: int | None) -> int | None:
+    """The dev seeds per grid λ that a λ selection runs and reads: ``dev_seeds`` where given, else
+    ``seeds`` (one count serving both phases), else ``None`` (the experiment's default)."""
+    return dev_seeds if dev_seeds is not None else seeds
+
+
 def grid_stats(experiment: Experiment, store: ResultStore, *, seeds: int | None = None
                ) -> tuple[list[CellStats], dict[tuple[str, str], float]]:
     """Phase 1 as it stands: the dev metric per tuned cell and grid λ (cell, then grid order), and the
@@ -190,7 +196,7 @@ def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper
     if lambdas == "paper":
         plan = experiment.plan(seeds=seeds, smoke=smoke)
     elif lambdas == "selected":
-        best = select_lambdas(experiment, store, seeds=dev_seeds if dev_seeds is not None else seeds)
+        best = select_lambdas(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         plan = experiment.select_plan(best, seeds=seeds, smoke=smoke)
     else:
         raise ValueError(f"lambdas must be 'paper' or 'selected', got {lambdas!r}")
