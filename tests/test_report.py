@@ -287,6 +287,12 @@ def test_cli_row_restricts_sweep_and_report_to_one_method(table4_grid_store, mon
     assert every.exit_code == 2 and "('DataGrad', 'no WD')" in every.output
     bad = runner.invoke(app, ["report", *common[:-1], "Spectreg"])
     assert bad.exit_code == 2 and "no row 'Spectreg'; rows: NoGR, SpectReg, DataGrad" in bad.output
+    out = db.parent / "fig"  # each phase and row subset draws its own file, none overwrites another
+    for lambdas, stem in (("grid", "table4_SpectReg_dev"), ("selected", "table4_SpectReg_selected")):
+        fig = runner.invoke(app, ["plot", *common, "--lambdas", lambdas, "--dev-seeds", "3", "--out", str(out)])
+        assert fig.exit_code == 0 and (out / f"{stem}.png").stat().st_size > 10_000, fig.output
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "table4_SpectReg_dev.png", "table4_SpectReg_selected.png"]
 
 
 def test_paired_p_matches_scipy_on_shared_seeds_only():

@@ -164,6 +164,7 @@ class Experiment:
     seeds: int = 10                   # paper protocol: 10 runs on different random training subsets
     kind: str = "table"               # "table" or "figure"
     notes: str = ""                   # the caption's setup, deviations, how λ values were read
+    only_rows: tuple[str, ...] = ()   # set by with_rows: the rows kept (besides the baselines)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cells", tuple(self.cells))
@@ -261,7 +262,8 @@ class Experiment:
                              f"rows: {', '.join(self.rows)}")
         cells = tuple(c for c in self.cells if c.row in rows or c.baseline)
         note = f"Only the rows {', '.join(rows)} (and the baselines)."
-        return dataclasses.replace(self, cells=cells, notes=f"{self.notes} {note}".strip())
+        return dataclasses.replace(self, cells=cells, only_rows=tuple(rows),
+                                   notes=f"{self.notes} {note}".strip())
 
     # --- runs -------------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ a λ selection (``lambdas="grid"``) draws the dev metric against λ per tuned ce
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from pathlib import Path
 
 from .experiments import Experiment
@@ -174,7 +176,8 @@ def _generic(experiment, stats, store, out_dir):
         ax.set_xlabel("λ" if all(st.cell.term for st in stats if _num(st.cell.column) is not None) else "")
     else:
         # Ours and the paper's side by side per cell, each with its std, so the gap reads against the spread.
-        labels = [f"{st.cell.row}{'*' if st.significant else ''}\n{st.cell.column}" for st in stats]
+        labels = [f"{st.cell.row}{'*' if st.significant else ''}\n{st.cell.column}"
+                  + (f"\nλ={st.lam:g}" if st.cell.term and st.lam is not None else "") for st in stats]
         xs = list(range(len(stats)))
         ax.errorbar([x - 0.12 for x in xs], [st.mean * scale if st.n else math.nan for st in stats],
                     yerr=[0 if math.isnan(st.std) else st.std * scale for st in stats],
@@ -237,15 +240,21 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
 
     ``lambdas="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds.
+    Files are named ``<experiment>[_<row>...][_dev|_selected].png`` (and ``.svg``): the paper-λ figure,
+    phase 1 and phase 2 of each row subset (``Experiment.with_rows``) each get their own.
     """
     name = experiment.name
+    # one file per phase and row subset, so that no plot overwrites another's figure
+    stem = "_".join([name, *(re.sub(r"[^A-Za-z0-9.]+", "-", r) for r in experiment.only_rows)])
     if lambdas == "grid":
         stats, chosen = grid_stats(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         fig = _figure_grid(experiment, stats, chosen)
-        paths = _save(fig, Path(out_dir), f"{name}_dev")
+        paths = _save(fig, Path(out_dir), f"{stem}_dev")
         _pyplot().close(fig)
         return paths
     stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
+    if lambdas == "selected":
+        experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")
     if name == "figure2":
         fig = _figure_sizes(experiment, stats, store, out_dir)
     elif name == "figure3":
@@ -258,6 +267,6 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
         fig = _figure_sin(experiment, stats, store, out_dir)
     else:
         fig = _generic(experiment, stats, store, out_dir)
-    paths = _save(fig, Path(out_dir), name)
+    paths = _save(fig, Path(out_dir), f"{stem}_selected" if lambdas == "selected" else stem)
     _pyplot().close(fig)
     return paths
