@@ -227,6 +227,20 @@ def test_plan_tasks_groups_splits_for_workers_and_falls_back():
     assert plan_tasks([]) == []
 
 
+def test_plan_tasks_keep_the_callers_order_across_group_keys():
+    """A seed-major plan (as `gradreg sweep` passes) stays seed-major, not one group key after another,
+    so an interrupted sweep leaves every cell with about the same number of runs."""
+    plain = [digits_config(s) for s in range(3)]
+    reg = [digits_config(s, (("spectreg", 0.01),)) for s in range(3)]
+    assert group_key(plain[0]) != group_key(reg[0])
+    seed_major = [c for pair in zip(plain, reg) for c in pair]
+    tasks = plan_tasks(seed_major, group_size=1, device="cpu")
+    assert [t[0].key() for t in tasks] == [c.key() for c in seed_major]
+    sins = [sin_config(s, (("spectreg", lam),)) for s in range(3) for lam in (0.01, 0.1)]
+    mixed = plan_tasks(plain[:1] + sins, group_size=4, device="cpu")  # larger tasks still go first
+    assert [len(t) for t in mixed] == [3, 3, 1]
+
+
 def test_grouped_sweep_stores_every_run_like_solo_runs(tmp_path):
     configs = [sin_config(s, (("spectreg", lam),)) for lam in (0.01, 0.1) for s in range(2)] + [sin_config(0)]
     summary = run_sweep(configs, tmp_path / "grouped.db", workers=1, progress=False)

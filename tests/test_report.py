@@ -257,6 +257,7 @@ def test_cli_sweep_selected_reads_dev_seeds_and_runs_test_seeds(table4_grid_stor
     assert res.exit_code == 0, res.output
     configs = planned["configs"]
     assert len(configs) == len(exp.cells) * 2 and {c.seed for c in configs} == {0, 1}
+    assert [c.seed for c in configs] == sorted(c.seed for c in configs)  # seed-major: balanced if interrupted
     assert ("spectreg", exp.cell("SpectReg", "no WD").grid[1]) in {t for c in configs for t in c.terms}
 
 

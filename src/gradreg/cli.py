@@ -237,7 +237,9 @@ def sweep(
 
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
-    plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
+    # Seed-major (every cell's first seed, then every cell's second, ...): an interrupted sweep leaves
+    # each cell with about the same number of runs, a table that is balanced if not yet complete.
+    plan = sorted(_plan(exp, lambdas, seeds, smoke, db, dev_seeds), key=lambda p: p.seed)
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:

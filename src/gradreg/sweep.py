@@ -400,7 +400,8 @@ def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, worke
                device: str = "auto") -> list[list[RunConfig]]:
     """Split runs into tasks: groups of runs sharing a :func:`~gradreg.grouped.group_key`, at most
     ``group_size`` each (None: :func:`auto_group_size`), and at least ``workers`` tasks where the runs
-    allow it, so that no worker idles while another trains one huge group."""
+    allow it, so that no worker idles while another trains one huge group. Tasks of equal size keep
+    the order of their first run in ``configs``."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if not configs:
@@ -418,7 +419,10 @@ def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, worke
         biggest = max(tasks, key=len)
         tasks.remove(biggest)
         tasks += [biggest[0::2], biggest[1::2]]
-    return sorted(tasks, key=len, reverse=True)  # largest first: the small ones fill in at the end
+    # Largest first, so the small ones fill in at the end; among equals, the callers' order (whose
+    # first run comes first), so that a seed-major plan stays seed-major across groups.
+    first = {c.key(): i for i, c in reversed(list(enumerate(configs)))}
+    return sorted(tasks, key=lambda t: (-len(t), min(first[c.key()] for c in t)))
 
 
 def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig]:
