@@ -22,6 +22,8 @@ COMMITTED = [
     (["table4", "--lambdas", "selected", "--grid-window", "1", "--dev-seeds", "5"], "mnist.db", "table4_selected"),
     (["table4", "--lambdas", "grid", "--grid-window", "2", "--seeds", "5", "--row", "SpectReg"], "mnist.db",
      "table4_SpectReg_dev"),
+    (["table4", "--lambdas", "selected", "--grid-window", "2", "--dev-seeds", "5", "--row", "SpectReg"], "mnist.db",
+     "table4_SpectReg_selected"),
     (["table6"], "mnist.db", "table6"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
