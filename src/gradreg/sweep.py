@@ -419,10 +419,10 @@ def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, worke
         biggest = max(tasks, key=len)
         tasks.remove(biggest)
         tasks += [biggest[0::2], biggest[1::2]]
-    # Largest first, so the small ones fill in at the end; among equals, the callers' order (whose
-    # first run comes first), so that a seed-major plan stays seed-major across groups.
-    first = {c.key(): i for i, c in reversed(list(enumerate(configs)))}
-    return sorted(tasks, key=lambda t: (-len(t), min(first[c.key()] for c in t)))
+    # Largest first, so the small ones fill in at the end; among equals, the callers' order (a task's
+    # first run is its earliest: the slicing above keeps order), so a seed-major plan stays seed-major.
+    position = {c.key(): i for i, c in reversed(list(enumerate(configs)))}
+    return sorted(tasks, key=lambda t: (-len(t), position[t[0].key()]))
 
 
 def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig]:
