@@ -38,6 +38,25 @@ def test_paper_runs_one_per_cell_and_seed_with_distinct_keys(name):
     assert len(e.runs(seeds=2)) == 2 * len(e.cells)
 
 
+def _seed_major(plan) -> bool:
+    """Every cell's (and λ's) seed i before any seed i+1, in the same cell order for each seed."""
+    seeds = [p.seed for p in plan]
+    per_seed = {}
+    for p in plan:
+        per_seed.setdefault(p.seed, []).append((p.cell.key, p.lam))
+    return seeds == sorted(seeds) and len({tuple(v) for v in per_seed.values()}) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_phase_plans_seed_major_so_an_interrupted_sweep_is_balanced(name):
+    e = get_experiment(name)
+    assert _seed_major(e.plan(seeds=3))
+    if any(c.grid for c in e.cells):
+        assert _seed_major(e.plan(lambdas="grid", seeds=3))
+    if any(c.tuned for c in e.cells):
+        assert _seed_major(e.select_plan({c.key: c.grid[-1] for c in e.cells if c.tuned}, seeds=3))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_cells_are_well_formed(name):
     e = get_experiment(name)

@@ -125,6 +125,9 @@ def _window_option():
     return typer.Option(None, "--grid-window", min=0, metavar="K", help=WINDOW_HELP)
 
 
+EXPERIMENT_HELP = "a name from `gradreg experiments`, or your own experiment file (my_sweep.toml: see gradreg.spec)"
+
+
 def _row_option():
     return typer.Option([], "--row", help="only this row of the table (a method, e.g. SpectReg), repeatable; "
                                           "the baselines are kept for the comparisons (default: every row)")
@@ -133,8 +136,10 @@ def _row_option():
 def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,
                 rows: list[str] | None = None):
     from .experiments import get_experiment
+    from .spec import is_spec_path, load_experiment
     try:
-        exp = get_experiment(name).with_overrides(dict(_parse_pairs(set_ or [], "--set")))
+        exp = load_experiment(name) if is_spec_path(name) else get_experiment(name)
+        exp = exp.with_overrides(dict(_parse_pairs(set_ or [], "--set")))
         return exp.with_grid_window(grid_window).with_rows(rows)
     except ValueError as e:
         _fail(str(e))
@@ -211,7 +216,7 @@ def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
 
 @app.command()
 def sweep(
-    experiment: str = typer.Argument(..., help="a name from `gradreg experiments`"),
+    experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
     lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
@@ -237,9 +242,7 @@ def sweep(
 
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
-    # Seed-major (every cell's first seed, then every cell's second, ...): an interrupted sweep leaves
-    # each cell with about the same number of runs, a table that is balanced if not yet complete.
-    plan = sorted(_plan(exp, lambdas, seeds, smoke, db, dev_seeds), key=lambda p: p.seed)
+    plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:
@@ -256,7 +259,7 @@ def sweep(
 
 @app.command()
 def report(
-    experiment: str = typer.Argument(...),
+    experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
     lambdas: str = typer.Option("paper", help="paper, selected (the λ chosen on the dev set, on test seeds) "
                                               "or grid (phase 1: the dev metric of every grid λ, and the choice)"),
     seeds: Optional[int] = typer.Option(None),
@@ -299,7 +302,7 @@ def report(
 
 @app.command()
 def plot(
-    experiment: str = typer.Argument(...),
+    experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
     lambdas: str = typer.Option("paper", help="paper, selected, or grid (phase 1: dev metric against λ, "
                                               "drawn as <experiment>_dev)"),
     seeds: Optional[int] = typer.Option(None),

@@ -272,16 +272,18 @@ class Experiment:
         n = self._n_seeds(seeds, smoke)
         if lambdas == "paper":
             out = [PlannedRun(c, c.lambda_for_paper_mode, s, c.run(c.lambda_for_paper_mode, s))
-                   for c in self.cells for s in range(n)]
+                   for s in range(n) for c in self.cells]
         elif lambdas == "grid":
             out = [PlannedRun(c, lam, s, c.run(lam, s))
-                   for c in self.cells for lam in c.grid for s in range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + n)]
+                   for s in range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + n) for c in self.cells for lam in c.grid]
         else:
             raise ValueError(f"lambdas must be 'paper' or 'grid', got {lambdas!r}")
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
     def runs(self, *, seeds: int | None = None, lambdas: str = "paper", smoke: bool = False) -> list[RunConfig]:
-        """The experiment's run configs.
+        """The experiment's run configs, seed-major: every cell's (and λ's) first seed, then every
+        cell's second, and so on, so a sweep stopped part-way leaves a balanced table, not some cells
+        complete and others empty.
 
         ``lambdas="paper"``: every cell at its paper λ (or documented stand-in), test seeds 0..n-1.
         ``lambdas="grid"``: phase 1 of the λ selection, every tuned cell at every λ of its grid, on dev
@@ -300,16 +302,15 @@ class Experiment:
             raise ValueError(f"{self.name}: select_runs needs a λ for every tuned cell and no others; "
                              f"missing {missing}, not tuned here {unknown}")
         n = self._n_seeds(seeds, smoke)
-        out = []
-        for c in self.cells:
-            lam = best[c.key] if c.tuned else c.lambda_for_paper_mode
-            out += [PlannedRun(c, lam, s, c.run(lam, s)) for s in range(n)]
+        lam = {c.key: best[c.key] if c.tuned else c.lambda_for_paper_mode for c in self.cells}
+        out = [PlannedRun(c, lam[c.key], s, c.run(lam[c.key], s)) for s in range(n) for c in self.cells]
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
     def select_runs(self, best: dict[tuple[str, str], float], *, seeds: int | None = None,
                     smoke: bool = False) -> list[RunConfig]:
         """Phase 2 of the λ selection: tuned cells at the λ chosen on the dev set (``best`` maps
-        ``(row, column)`` to λ), the others as in paper mode, on test seeds 0..n-1."""
+        ``(row, column)`` to λ), the others as in paper mode, on test seeds 0..n-1; seed-major, as
+        :meth:`runs`."""
         return [p.config for p in self.select_plan(best, seeds=seeds, smoke=smoke)]
 
     def estimated_cost(self, lambdas: str = "paper", seconds_per_step: dict[str, float] | None = None,
