@@ -9,7 +9,8 @@ from .models import MODELS, StreamDropout, count_parameters, create_model, regis
 from .recipes import RECIPES, Recipe, get_recipe
 from .train import RunConfig, RunResult
 from .grouped import GroupedModel, train_group
-from .experiments import EXPERIMENTS, get_experiment
+from .experiments import EXPERIMENTS, Cell, Experiment, get_experiment
+from .spec import load_experiment
 from .store import ResultStore
 from .sweep import run_sweep
 
@@ -22,5 +23,5 @@ __all__ = [
     "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset",
     "MODELS", "count_parameters", "create_model", "register_model", "StreamDropout", "use_dropout_stream",
     "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
-    "EXPERIMENTS", "get_experiment", "ResultStore", "run_sweep",
+    "EXPERIMENTS", "Experiment", "Cell", "get_experiment", "load_experiment", "ResultStore", "run_sweep",
 ]

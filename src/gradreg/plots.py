@@ -179,13 +179,16 @@ def _generic(experiment, stats, store, out_dir):
         labels = [f"{st.cell.row}{'*' if st.significant else ''}\n{st.cell.column}"
                   + (f"\nλ={st.lam:g}" if st.cell.term and st.lam is not None else "") for st in stats]
         xs = list(range(len(stats)))
-        ax.errorbar([x - 0.12 for x in xs], [st.mean * scale if st.n else math.nan for st in stats],
+        has_paper = any(st.cell.paper for st in stats)  # your own experiments may have no published numbers
+        shift = 0.12 if has_paper else 0.0
+        ax.errorbar([x - shift for x in xs], [st.mean * scale if st.n else math.nan for st in stats],
                     yerr=[0 if math.isnan(st.std) else st.std * scale for st in stats],
                     fmt="o", capsize=3, label="ours (mean, std)")
-        paper = [st.cell.paper or (math.nan, None) for st in stats]
-        ax.errorbar([x + 0.12 for x in xs], [m * scale for m, _ in paper],
-                    yerr=[(s or 0) * scale for _, s in paper], fmt="s", mfc="none", capsize=3, alpha=0.8,
-                    label="paper (mean, std)")
+        if has_paper:
+            paper = [st.cell.paper or (math.nan, None) for st in stats]
+            ax.errorbar([x + shift for x in xs], [m * scale for m, _ in paper],
+                        yerr=[(s or 0) * scale for _, s in paper], fmt="s", mfc="none", capsize=3, alpha=0.8,
+                        label="paper (mean, std)")
         ax.set_xticks(xs, labels, fontsize=7, rotation=30, ha="right")
         if any(st.significant for st in stats):
             ax.text(0.99, 0.01, "* significant against the baseline", transform=ax.transAxes,

@@ -236,13 +236,14 @@ def _runs_text(st: CellStats, metric: str) -> str:
     return text
 
 
-def _cell_text(st: CellStats) -> str:
+def _cell_text(st: CellStats, show_paper: bool = True) -> str:
     metric = st.cell.metric
     text = _runs_text(st, metric)
     if st.p_value is not None:
         text += f" p={st.p_value:.2g}{'*' if st.significant else ''}"
     paper = st.cell.paper
-    text += f" · paper {_fmt(paper[0], paper[1], metric) if paper else '–'}"
+    if show_paper:
+        text += f" · paper {_fmt(paper[0], paper[1], metric) if paper else '–'}"
     if st.lam is not None and st.cell.term:
         text += f" · λ={st.lam:g}"
     return text
@@ -253,15 +254,18 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     by = {st.cell.key: st for st in stats}
     metric = experiment.cells[0].metric
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
+    # Your own experiments (gradreg.spec) usually have no published numbers: no column of dashes then.
+    show_paper = any(c.paper for c in experiment.cells)
+    paper_note = " · the paper's value" if show_paper else ""
     lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
-             f"Source: {experiment.source}. Cells: ours mean (std) over n runs · the paper's value. "
+             f"Source: {experiment.source}. Cells: ours mean (std) over n runs{paper_note}. "
              f"p: Welch's t-test against the column's baseline, Bonferroni-corrected over the table's "
              f"comparisons; * marks p < {ALPHA}.", ""]
     cols = experiment.columns
     lines.append("| | " + " | ".join(cols) + " |")
     lines.append("|---" * (len(cols) + 1) + "|")
     for row in experiment.rows:
-        cells = [(_cell_text(by[(row, c)]) if (row, c) in by else "") for c in cols]
+        cells = [(_cell_text(by[(row, c)], show_paper) if (row, c) in by else "") for c in cols]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,157 @@
+"""Your own experiments as TOML files (gradreg.spec): parsing, clear errors, and the CLI end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import gradreg
+from gradreg.cli import app
+from gradreg.experiments import DEV_SEED_OFFSET
+from gradreg.spec import experiment_from_dict, load_experiment
+from gradreg.store import ResultStore
+from gradreg.train import RunConfig
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_sweep.toml"
+runner = CliRunner()
+
+TINY = """
+title = "tiny"
+seeds = 2
+
+[run]
+dataset = "digits"
+train_size = 50
+overrides = { steps = 10, eval_points = 1 }
+
+[[cells]]
+row = "baseline"
+baseline = true
+
+[[cells]]
+row = "SpectReg"
+term = "spectreg"
+grid = [0.001, 0.01]
+"""
+
+
+def _spec(tmp_path: Path, text: str, name: str = "mine.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_example_is_the_experiment_its_comments_describe():
+    e = load_experiment(EXAMPLE)
+    assert gradreg.load_experiment is load_experiment
+    assert e.name == "digits_sweep" and e.seeds == 5 and e.source == str(EXAMPLE)
+    assert e.rows == ("baseline", "SpectReg", "DataGrad") and e.columns == ("digits",)
+    base, spect, dg = e.cells
+    assert base.baseline and base.term is None and not spect.baseline
+    assert (spect.term, spect.paper_lambda, spect.grid) == ("spectreg", 0.003, (0.001, 0.003, 0.01))
+    assert (dg.term, dg.paper_lambda, dg.grid) == ("datagrad", 3.0, (1.0, 3.0, 10.0))
+    runs = e.runs()
+    assert len(runs) == 15 and len({r.key() for r in runs}) == 15
+    assert runs[1] == RunConfig(dataset="digits", train_size=300, overrides=(("steps", 600),),
+                                terms=(("spectreg", 0.003),))
+    assert len(e.runs(lambdas="grid")) == 30
+
+
+def test_cell_run_settings_merge_over_the_shared_ones_key_by_key():
+    e = experiment_from_dict({
+        "run": {"dataset": "digits", "train_size": 100, "overrides": {"steps": 50, "lr": 0.002}},
+        "cells": [{"row": "plain", "baseline": True, "column": "no wd",
+                   "run": {"overrides": {"weight_decay": 0.0}}},
+                  {"row": "plain", "baseline": True, "column": "bn", "run": {"batchnorm": True, "train_size": 60}}],
+    }, name="merge")
+    wd, bn = (c.config for c in e.cells)
+    assert dict(wd.overrides) == {"steps": 50, "lr": 0.002, "weight_decay": 0.0} and wd.train_size == 100
+    assert bn.batchnorm and bn.train_size == 60 and dict(bn.overrides) == {"steps": 50, "lr": 0.002}
+    assert e.name == e.title == "merge" and e.seeds == 10  # defaults
+
+
+def test_a_lambda_curve_is_one_cell_per_value_with_zero_as_its_baseline():
+    e = experiment_from_dict({"run": {"dataset": "sin"}, "metric": "test_mse",
+                              "cells": [{"row": "SpectReg", "term": "spectreg", "lambdas": [0, 0.01, 0.1]}]})
+    assert e.columns == ("0", "0.01", "0.1") and [c.metric for c in e.cells] == ["test_mse"] * 3
+    zero, small, _ = e.cells
+    assert zero.baseline and not small.baseline and e.reference(small) is zero
+    assert zero.run(zero.paper_lambda, 0) == RunConfig(dataset="sin")  # λ = 0 is the unregularized run
+    assert small.run(small.paper_lambda, 0).terms == (("spectreg", 0.01),)
+
+
+def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
+    e = experiment_from_dict({"cells": [{"row": "s", "term": "spectreg", "grid": [0.001, 0.01, 0.1]}]})
+    assert e.cells[0].lambda_for_paper_mode == 0.01 and e.cells[0].paper_lambda is None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"cells": [{"row": "a"}], "sedes": 3}, "top level: unknown key(s) 'sedes'; valid: name, title"),
+    ({"run": {"datset": "digits"}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'datset'; valid: dataset, train_size"),
+    ({"run": {"seed": 3}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'seed'"),
+    ({"run": {"terms": [["spectreg", 1.0]]}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'terms'"),
+    ({"cells": [{"row": "a", "lamda": 0.1}]}, "cells[0]: unknown key(s) 'lamda'"),
+    ({"cells": [{"row": "a", "run": {"stepz": 3}}]}, "cells[0]: run: unknown key(s) 'stepz'"),
+    ({"cells": [{"row": "a", "baseline": True}, {"column": "x"}]}, "cells[1]: needs a row"),
+    ({"cells": []}, "at least one [[cells]]"),
+    ({"cells": [{"row": "a", "term": "spectreg"}]}, "term 'spectreg' needs a lambda, lambdas or a grid"),
+    ({"cells": [{"row": "a", "term": "spectral", "lambda": 0.1}]}, "unknown regularizer 'spectral'; valid:"),
+    ({"cells": [{"row": "a", "lambda": 0.1}]}, "a λ or grid needs a term"),
+    ({"run": {"dataset": "mnistt"}, "cells": [{"row": "a"}]}, "unknown dataset 'mnistt'; valid:"),
+    ({"run": {"overrides": {"stepz": 3}}, "cells": [{"row": "a"}]}, "stepz"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0.1, 0.01]}]}, "lambdas must be increasing"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "grid": [1]}]}, "without lambda, grid"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": 1, "grid": [1, 0.1]}]}, "grid must be increasing"),
+    ({"cells": [{"row": "a", "metric": "accuracy"}]}, "unknown metric 'accuracy'; valid: test_acc"),
+    ({"cells": [{"row": "a", "paper": [1, 2, 3]}]}, "paper must be [mean] or [mean, std]"),
+    ({"cells": [{"row": "a"}, {"row": "a"}]}, "duplicate cells"),
+    ({"seeds": 0, "cells": [{"row": "a"}]}, "seeds must lie in"),
+    ({"cells": [{"row": "a"}], "run": 3}, "[run] must be a table"),
+])
+def test_bad_specs_fail_naming_the_file_and_what_is_valid(tmp_path, data, message):
+    with pytest.raises(ValueError) as info:
+        experiment_from_dict(data)
+    assert message in str(info.value)
+
+
+def test_unreadable_files_fail_with_the_path(tmp_path):
+    with pytest.raises(ValueError, match="no experiment file at"):
+        load_experiment(tmp_path / "absent.toml")
+    broken = _spec(tmp_path, "title = 'x'\n[[cells]\nrow = 1\n", "broken.toml")
+    with pytest.raises(ValueError, match=r"broken\.toml: not valid TOML"):
+        load_experiment(broken)
+    bad_key = _spec(tmp_path, TINY + "\n[[cells]]\nrow = 'x'\ncolour = 'red'\n", "bad.toml")
+    with pytest.raises(ValueError, match=r"bad\.toml: cells\[2\]: unknown key\(s\) 'colour'"):
+        load_experiment(bad_key)
+    res = runner.invoke(app, ["sweep", str(bad_key), "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 2 and "colour" in res.output and not (tmp_path / "x.db").exists()
+
+
+def test_cli_sweeps_reports_and_plots_a_spec_through_both_phases_of_the_selection(tmp_path):
+    spec, db = _spec(tmp_path, TINY), tmp_path / "mine.db"
+    common = ["--db", str(db), "--workers", "1", "--no-progress"]
+    paper = runner.invoke(app, ["sweep", str(spec), *common])
+    assert paper.exit_code == 0, paper.output
+    assert "mine: 4 runs (paper λ)" in paper.output and "4 done" in paper.output
+    rep = runner.invoke(app, ["report", str(spec), "--db", str(db), "--csv", str(tmp_path / "t.csv")])
+    assert rep.exit_code == 0, rep.output
+    assert "| SpectReg | " in rep.output and "n=2 p=" in rep.output and "λ=0.01" in rep.output  # the grid's upper middle
+    assert "paper" not in rep.output  # nothing published to compare with: no column of dashes
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 3
+
+    grid = runner.invoke(app, ["sweep", str(spec), "--lambdas", "grid", *common])
+    assert grid.exit_code == 0 and "4 runs (grid λ)" in grid.output and "4 done" in grid.output, grid.output
+    with ResultStore(db) as store:
+        seeds = sorted(r["config"]["seed"] for r in store.rows() if r["config"]["terms"])
+    assert seeds == [0, 1, DEV_SEED_OFFSET, DEV_SEED_OFFSET, DEV_SEED_OFFSET + 1, DEV_SEED_OFFSET + 1]
+    chosen = runner.invoke(app, ["report", str(spec), "--lambdas", "grid", "--db", str(db)])
+    assert chosen.exit_code == 0 and "chosen" in chosen.output, chosen.output
+    selected = runner.invoke(app, ["sweep", str(spec), "--lambdas", "selected", *common])
+    assert selected.exit_code == 0 and "λ chosen on the dev set: SpectReg/digits:" in selected.output
+    for lambdas in ("paper", "grid", "selected"):
+        fig = runner.invoke(app, ["plot", str(spec), "--lambdas", lambdas, "--db", str(db),
+                                  "--out", str(tmp_path / "fig")])
+        assert fig.exit_code == 0, fig.output
+    names = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
+    assert names == ["mine.png", "mine_dev.png", "mine_selected.png"]
