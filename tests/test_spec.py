@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -155,3 +156,30 @@ def test_cli_sweeps_reports_and_plots_a_spec_through_both_phases_of_the_selectio
         assert fig.exit_code == 0, fig.output
     names = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
     assert names == ["mine.png", "mine_dev.png", "mine_selected.png"]
+
+
+def test_cli_runs_a_lambda_curve_on_the_users_own_npz_data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    np.savez(tmp_path / "mine.npz", x_train=x[:80], y_train=y[:80], x_test=x[80:], y_test=y[80:])
+    spec = _spec(tmp_path, """
+seeds = 2
+[run]
+dataset = "npz"
+model = "mlp"
+overrides = { steps = 20, eval_points = 1 }
+[[cells]]
+row = "SpectReg"
+term = "spectreg"
+lambdas = [0, 0.01, 0.1]
+""", "curve.toml")
+    db = tmp_path / "curve.db"
+    res = runner.invoke(app, ["sweep", str(spec), "--data-dir", str(tmp_path / "mine.npz"), "--db", str(db),
+                              "--workers", "1", "--no-progress"])
+    assert res.exit_code == 0 and "6 done" in res.output, res.output
+    rep = runner.invoke(app, ["report", str(spec), "--db", str(db)])
+    assert rep.exit_code == 0 and "| | 0 | 0.01 | 0.1 |" in rep.output, rep.output
+    assert rep.output.count("n=2") == 3 and rep.output.count(" p=") == 2  # λ = 0 is the reference
+    fig = runner.invoke(app, ["plot", str(spec), "--db", str(db), "--out", str(tmp_path / "fig")])
+    assert fig.exit_code == 0 and (tmp_path / "fig" / "curve.png").stat().st_size > 10_000, fig.output
