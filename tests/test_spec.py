@@ -127,6 +127,8 @@ def test_unreadable_files_fail_with_the_path(tmp_path):
         load_experiment(bad_key)
     res = runner.invoke(app, ["sweep", str(bad_key), "--db", str(tmp_path / "x.db")])
     assert res.exit_code == 2 and "colour" in res.output and not (tmp_path / "x.db").exists()
+    typo = runner.invoke(app, ["report", "digits_sweep"])  # a name, not a file: the valid ones, and the files
+    assert typo.exit_code == 2 and "valid: table1" in typo.output and "experiment file (*.toml)" in typo.output
 
 
 def test_cli_sweeps_reports_and_plots_a_spec_through_both_phases_of_the_selection(tmp_path):

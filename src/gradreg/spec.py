@@ -61,8 +61,9 @@ _RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in
 
 
 def is_spec_path(name: str) -> bool:
-    """True when ``name`` names an experiment file rather than a registered experiment."""
-    return name.endswith(".toml") or Path(name).is_file()
+    """True when ``name`` names an experiment file (``*.toml``) rather than a registered experiment;
+    by suffix, not by what lies in the working directory, so ``table4`` always means the paper's."""
+    return name.endswith(".toml")
 
 
 def load_experiment(path: str | Path) -> Experiment:
