@@ -406,6 +406,7 @@ def test_experiment_database_is_its_first_cells_dataset():
     (["report", "table7", "--set", "lr=fast"], "lr: expected float"),
     (["report", "table7", "--db", "/nonexistent/r.db"], "no results database"),
     (["sweep", "table7", "--lambdas", "best", "--smoke"], "--lambdas must be"),
+    (["sweep", "table7", "--seeds", "1000", "--smoke"], "seeds must lie in [1, 1000)"),
 ])
 def test_cli_errors(args, match, tmp_path):
     res = runner.invoke(app, args)

@@ -100,9 +100,41 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"cells": [{"row": "a", "term": "spectral", "lambda": 0.1}]}, "unknown regularizer 'spectral'; valid:"),
     ({"cells": [{"row": "a", "lambda": 0.1}]}, "a λ or grid needs a term"),
     ({"run": {"dataset": "mnistt"}, "cells": [{"row": "a"}]}, "unknown dataset 'mnistt'; valid:"),
-    ({"run": {"overrides": {"stepz": 3}}, "cells": [{"row": "a"}]}, "stepz"),
+    ({"run": {"overrides": {"stepz": 3}}, "cells": [{"row": "a"}]}, "[run]: unknown recipe key(s) stepz; valid:"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0.1, 0.01]}]}, "lambdas must be increasing"),
-    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "grid": [1]}]}, "without lambda, grid"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "grid": [1]}]}, "goes without grid"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "baseline": True}]}, "goes without baseline"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "paper": [9]}]}, "goes without paper"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, float("nan")]}]}, "finite number >= 0, got nan"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": 1}]}, "lambdas must be a list of numbers, got 1"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": -1}]}, "lambda must be a finite number >= 0, got -1"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": float("inf")}]}, "lambda must be a finite number"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": "0.1"}]}, "lambda must be a finite number >= 0, got '0.1'"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": True}]}, "lambda must be a finite number >= 0, got True"),
+    ({"cells": [{"row": "a", "term": "spectreg", "grid": "0.1"}]}, "grid must be a list of numbers, got '0.1'"),
+    ({"cells": [{"row": "a", "term": "spectreg", "grid": ["0.1"]}]}, "each value of grid must be a finite number"),
+    ({"cells": [{"row": "a", "term": "spectreg", "grid": []}]}, "term 'spectreg' needs a lambda, lambdas or a grid"),
+    ({"cells": [{"row": "a", "term": ["spectreg"], "lambda": 1}]}, "term must be a non-empty string"),
+    ({"cells": [{"row": "a", "baseline": "no"}]}, "cells[0]: baseline must be true or false, got 'no'"),
+    ({"cells": [{"row": 1}]}, "cells[0]: row must be a non-empty string, got 1"),
+    ({"cells": [{"row": ""}]}, "row must be a non-empty string, got ''"),
+    ({"cells": [{"row": "a", "column": 3}]}, "column must be a non-empty string"),
+    ({"cells": [{"row": "a", "paper": ["x"]}]}, "each value of paper must be a finite number"),
+    ({"run": {"batchnorm": "false"}, "cells": [{"row": "a"}]}, "[run]: batchnorm must be true or false"),
+    ({"run": {"train_size": 300.5}, "cells": [{"row": "a"}]}, "[run]: train_size must be an integer, got 300.5"),
+    ({"run": {"train_size": "300"}, "cells": [{"row": "a"}]}, "[run]: train_size must be an integer"),
+    ({"run": {"n_projections": "x"}, "cells": [{"row": "a"}]}, "n_projections must be an integer"),
+    ({"run": {"model": "resnet9000"}, "cells": [{"row": "a"}]}, "[run]: unknown model 'resnet9000'; valid:"),
+    ({"run": {"batch_mode": "x"}, "cells": [{"row": "a"}]}, "batch_mode must be 'batch' or 'sample'"),
+    ({"run": {"overrides": "steps=3"}, "cells": [{"row": "a"}]}, "[run]: overrides must be a table of keys"),
+    ({"run": {"dataset": ["digits"]}, "cells": [{"row": "a"}]}, "[run]: dataset must be a non-empty string"),
+    ({"run": {"train_size": 0}, "cells": [{"row": "a"}]}, "[run]: train_size must be >= 1"),
+    ({"cells": [{"row": "a", "run": {"batchnorm": 1}}]}, "cells[0]: run: batchnorm must be true or false"),
+    ({"seeds": "5", "cells": [{"row": "a"}]}, "seeds must be an integer, got '5'"),
+    ({"seeds": True, "cells": [{"row": "a"}]}, "seeds must be an integer, got True"),
+    ({"name": "table4", "cells": [{"row": "a"}]}, "name 'table4' is one of the paper's experiments; set another"),
+    ({"name": "sub/x", "cells": [{"row": "a"}]}, "must be letters, digits"),
+    ({"name": "", "cells": [{"row": "a"}]}, "name must be a non-empty string"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambda": 1, "grid": [1, 0.1]}]}, "grid must be increasing"),
     ({"cells": [{"row": "a", "metric": "accuracy"}]}, "unknown metric 'accuracy'; valid: test_acc"),
     ({"cells": [{"row": "a", "paper": [1, 2, 3]}]}, "paper must be [mean] or [mean, std]"),
@@ -110,7 +142,7 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"seeds": 0, "cells": [{"row": "a"}]}, "seeds must lie in"),
     ({"cells": [{"row": "a"}], "run": 3}, "[run] must be a table"),
 ])
-def test_bad_specs_fail_naming_the_file_and_what_is_valid(tmp_path, data, message):
+def test_bad_specs_fail_naming_the_key_and_what_is_valid(data, message):
     with pytest.raises(ValueError) as info:
         experiment_from_dict(data)
     assert message in str(info.value)
@@ -127,16 +159,28 @@ def test_unreadable_files_fail_with_the_path(tmp_path):
         load_experiment(bad_key)
     res = runner.invoke(app, ["sweep", str(bad_key), "--db", str(tmp_path / "x.db")])
     assert res.exit_code == 2 and "colour" in res.output and not (tmp_path / "x.db").exists()
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ValueError, match=r"dir\.toml: cannot read it"):
+        load_experiment(tmp_path / "dir.toml")
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeff".encode() + TINY.encode())  # as some editors save UTF-8
+    assert load_experiment(bom).title == "tiny"
+    paper_name = _spec(tmp_path, TINY, "table4.toml")
+    with pytest.raises(ValueError, match=r"table4\.toml: name 'table4' is one of the paper's experiments"):
+        load_experiment(paper_name)
     typo = runner.invoke(app, ["report", "digits_sweep"])  # a name, not a file: the valid ones, and the files
     assert typo.exit_code == 2 and "valid: table1" in typo.output and "experiment file (*.toml)" in typo.output
 
 
-def test_cli_sweeps_reports_and_plots_a_spec_through_both_phases_of_the_selection(tmp_path):
-    spec, db = _spec(tmp_path, TINY), tmp_path / "mine.db"
+def test_cli_sweeps_reports_and_plots_a_spec_through_both_phases_of_the_selection(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec, db = _spec(tmp_path, TINY), tmp_path / "results" / "mine.db"
     common = ["--db", str(db), "--workers", "1", "--no-progress"]
-    paper = runner.invoke(app, ["sweep", str(spec), *common])
+    paper = runner.invoke(app, ["sweep", str(spec), "--workers", "1", "--no-progress"])
     assert paper.exit_code == 0, paper.output
-    assert "mine: 4 runs (paper λ)" in paper.output and "4 done" in paper.output
+    # the file's own database by default, not results/digits.db that other experiments on the digits use
+    assert "mine: 4 runs (paper λ), database results/mine.db" in paper.output and "4 done" in paper.output
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.db")) == ["mine.db"]
     rep = runner.invoke(app, ["report", str(spec), "--db", str(db), "--csv", str(tmp_path / "t.csv")])
     assert rep.exit_code == 0, rep.output
     assert "| SpectReg | " in rep.output and "n=2 p=" in rep.output and "λ=0.01" in rep.output  # the grid's upper middle
@@ -185,3 +229,16 @@ lambdas = [0, 0.01, 0.1]
     assert rep.output.count("n=2") == 3 and rep.output.count(" p=") == 2  # λ = 0 is the reference
     fig = runner.invoke(app, ["plot", str(spec), "--db", str(db), "--out", str(tmp_path / "fig")])
     assert fig.exit_code == 0 and (tmp_path / "fig" / "curve.png").stat().st_size > 10_000, fig.output
+
+
+@pytest.mark.parametrize("paper, labels", [(None, ["ours (mean, std)"]),
+                                           ([97.0, 0.1], ["ours (mean, std)", "paper (mean, std)"])])
+def test_the_figure_draws_published_numbers_only_where_the_file_gives_some(tmp_path, paper, labels):
+    from gradreg.plots import _generic
+    from gradreg.report import collect
+
+    cell = {"row": "SpectReg", "term": "spectreg", "lambda": 0.01} | ({"paper": paper} if paper else {})
+    e = experiment_from_dict({"cells": [{"row": "baseline", "baseline": True}, cell]}, name="p")
+    with ResultStore(tmp_path / "r.db") as store:
+        fig = _generic(e, collect(e, store), store, tmp_path)
+    assert fig.axes[0].get_legend_handles_labels()[1] == labels

@@ -244,7 +244,10 @@ def sweep(
 
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp)
-    plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
+    try:
+        plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
+    except ValueError as e:  # e.g. --seeds outside [1, DEV_SEED_OFFSET)
+        _fail(str(e))
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:

@@ -165,6 +165,7 @@ class Experiment:
     kind: str = "table"               # "table" or "figure"
     notes: str = ""                   # the caption's setup, deviations, how λ values were read
     only_rows: tuple[str, ...] = ()   # set by with_rows: the rows kept (besides the baselines)
+    db_name: str | None = None        # the default results database's name; None: see ``database``
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cells", tuple(self.cells))
@@ -194,11 +195,11 @@ class Experiment:
 
     @property
     def database(self) -> str:
-        """Name of the experiment's default results database, ``results/<database>.db``: the dataset of
-        its first cell. One database per dataset family keeps each committed file small, and an
-        experiment that also reads a second dataset (``sin2``, the poster's tables) keeps all its runs
-        in one file."""
-        return self.cells[0].config.dataset
+        """Name of the experiment's default results database, ``results/<database>.db``: ``db_name``
+        (an experiment file's name), else the dataset of its first cell. One database per dataset
+        family keeps each committed file small, and an experiment that also reads a second dataset
+        (``sin2``, the poster's tables) keeps all its runs in one file."""
+        return self.db_name or self.cells[0].config.dataset
 
     def cell(self, row: str, column: str) -> Cell:
         for c in self.cells:

@@ -4,7 +4,8 @@
 describes an :class:`~gradreg.experiments.Experiment`: shared run settings, then one entry per cell
 (a table cell, or a point of a λ curve)::
 
-    name = "digits_reg"                 # optional, default: the file's stem
+    name = "digits_reg"                 # optional, default: the file's stem; also the results
+                                        # database's (results/digits_reg.db) and the figure's name
     title = "Gradient regularization on the 8x8 digits"
     seeds = 5                           # runs per cell, each on its own training subset (default 10)
 
@@ -24,27 +25,37 @@ describes an :class:`~gradreg.experiments.Experiment`: shared run settings, then
     grid = [0.001, 0.003, 0.01]         # optional: λ selection on dev seeds (--lambdas grid / selected)
 
 A λ curve instead of a table: one cell per value, in columns "0", "1", "3", "10"; λ = 0 is the
-unregularized run and, without a ``baseline`` cell, the reference of the others (as in Table 7)::
+unregularized run and, in a file with one curve and no ``baseline`` cell, the reference of the others
+(as in Table 7; several curves get no significance tests, their λ = 0 cells being one per row)::
 
     [[cells]]
     row = "DataGrad"
     term = "datagrad"
     lambdas = [0, 1, 3, 10]
 
-Cell keys: ``row`` (required), ``column`` (default: the dataset's name), ``term``, ``lambda``,
-``lambdas``, ``grid``, ``baseline``, ``metric`` (default: the file's ``metric``, else ``test_acc``),
+Top-level keys: ``name``, ``title``, ``source`` (default: the file's path), ``seeds``, ``kind``
+(``"table"`` or ``"figure"``), ``notes``, ``metric`` (every cell's default: ``test_acc``, ``test_top5``,
+``test_mse`` or ``train_mse``), ``[run]`` and ``[[cells]]``. Cell keys: ``row`` (required), ``column``
+(default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
 ``paper`` (a published ``[mean, std]`` to print beside yours) and ``run`` (RunConfig fields over the
 file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` but no ``lambda`` runs the
-grid's middle value under ``--lambdas paper``. Unknown keys fail, listing the valid ones.
+grid's middle value (the upper one of an even grid) under ``--lambdas paper``. Unknown keys, values of
+the wrong type and names the paper's experiments use fail, naming the key and what is valid.
+
+Runs are keyed by their settings, not by the data file's contents: keep one database per data file
+(the default, ``results/<name>.db``, does so per experiment file).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .experiments import Cell, Experiment
+from .experiments import EXPERIMENTS, Cell, Experiment
+from .models import MODELS
 from .train import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -56,8 +67,11 @@ __all__ = ["load_experiment", "experiment_from_dict", "is_spec_path"]
 
 _TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "run", "cells")
 _CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "baseline", "metric", "paper", "run")
-# seed is set per run and terms by each cell's term and λ: a spec that set them would be ignored.
-_RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in ("seed", "terms"))
+# RunConfig's fields as TOML spells them; seed is set per run and terms by each cell's term and λ.
+_RUN_TYPES: dict[str, type] = {"dataset": str, "train_size": int, "model": str, "batchnorm": bool, "recipe": str,
+                               "overrides": dict, "weight_convention": str, "batch_mode": str,
+                               "n_projections": int, "max_eval": int}
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def is_spec_path(name: str) -> bool:
@@ -70,9 +84,11 @@ def load_experiment(path: str | Path) -> Experiment:
     """The :class:`Experiment` a TOML file describes (format: this module's docstring)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # TOML is UTF-8; editors may add a BOM
     except FileNotFoundError:
         raise ValueError(f"no experiment file at {path}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
     try:
@@ -83,17 +99,26 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", source: str = "") -> Experiment:
     """An :class:`Experiment` from a spec's parsed contents; ``name`` and ``source`` are the defaults."""
-    _check_keys(data, _TOP_KEYS, "top level")
-    run = _section(data.get("run", {}), "[run]")
-    _check_keys(run, _RUN_KEYS, "[run]")
+    _check_keys(_table(data, "the file"), _TOP_KEYS, "top level")
+    name = _get(data, "name", str, "top level", name)
+    if not _NAME.fullmatch(name) or name in EXPERIMENTS:
+        raise ValueError(f"name {name!r} " + ("is one of the paper's experiments" if name in EXPERIMENTS else
+                                               "must be letters, digits, '_', '-' or '.'")
+                         + "; set another with name = \"...\" (it names the results database and figures)")
+    run = _table(data.get("run", {}), "[run]")
+    _check_run(run, "[run]")
+    try:
+        RunConfig.from_dict(run)  # the shared settings' errors, reported once and as theirs
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[run]: {e}") from None
     cells_data = data.get("cells")
     if not isinstance(cells_data, list) or not cells_data:
         raise ValueError("needs at least one [[cells]] entry")
-    metric = data.get("metric", "test_acc")
+    metric = _get(data, "metric", str, "top level", "test_acc")
     cells: list[Cell] = []
     for i, entry in enumerate(cells_data):
         where = f"cells[{i}]"
-        entry = _section(entry, where)
+        entry = _table(entry, where)
         _check_keys(entry, _CELL_KEYS, where)
         try:
             cells += _cells(entry, run, metric)
@@ -103,47 +128,91 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
         lam0 = [c for c in cells if c.term and c.paper_lambda == 0]
         if len(lam0) == 1:  # a single λ curve's 0 is its reference, as Table 7's
             cells = [dataclasses.replace(c, baseline=True) if c is lam0[0] else c for c in cells]
-    return Experiment(name=str(data.get("name", name)), title=str(data.get("title", data.get("name", name))),
-                      source=str(data.get("source", source)), cells=tuple(cells), seeds=int(data.get("seeds", 10)),
-                      kind=str(data.get("kind", "table")), notes=str(data.get("notes", "")))
+    top = "top level"
+    return Experiment(name=name, title=_get(data, "title", str, top, name), source=_get(data, "source", str, top, source),
+                      cells=tuple(cells), seeds=_get(data, "seeds", int, top, 10),
+                      kind=_get(data, "kind", str, top, "table"), notes=_get(data, "notes", str, top, ""),
+                      db_name=name)
 
 
 def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
     if "row" not in entry:
         raise ValueError("needs a row")
-    own = _section(entry.get("run", {}), "run")
-    _check_keys(own, _RUN_KEYS, "run")
+    own = _table(entry.get("run", {}), "run")
+    _check_run(own, "run")
     merged = run | own
     if "overrides" in run or "overrides" in own:
         merged["overrides"] = dict(run.get("overrides", {})) | dict(own.get("overrides", {}))
     config = RunConfig.from_dict(merged)
     term = entry.get("term")
-    if term is not None and not {"lambda", "lambdas", "grid"} & set(entry):
+    if term is not None and "lambda" not in entry and "lambdas" not in entry and not entry.get("grid"):
         raise ValueError(f"term {term!r} needs a lambda, lambdas or a grid")
-    grid = tuple(entry.get("grid", ()))
-    paper = entry.get("paper")
-    if paper is not None:
-        if not isinstance(paper, list) or not 1 <= len(paper) <= 2:
-            raise ValueError(f"paper must be [mean] or [mean, std], got {paper!r}")
-        paper = (float(paper[0]), float(paper[1]) if len(paper) == 2 else None)
-    common = dict(row=str(entry["row"]), config=config, term=term, paper=paper,
-                  baseline=bool(entry.get("baseline", False)), metric=str(entry.get("metric", metric)))
+    grid = tuple(_numbers(entry, "grid"))
+    paper = None
+    if "paper" in entry:
+        paper = _numbers(entry, "paper")
+        if not 1 <= len(paper) <= 2:
+            raise ValueError(f"paper must be [mean] or [mean, std], got {entry['paper']!r}")
+        paper = (paper[0], paper[1] if len(paper) == 2 else None)
+    common = dict(row=_get(entry, "row", str, "", ""), config=config, term=_get(entry, "term", str, "", None),
+                  metric=_get(entry, "metric", str, "", metric))
     if "lambdas" in entry:
-        if "lambda" in entry or "grid" in entry or "column" in entry:
-            raise ValueError("lambdas (a λ curve) goes without lambda, grid and column")
+        clash = sorted({"lambda", "grid", "column", "baseline", "paper"} & set(entry))
+        if clash:
+            raise ValueError(f"lambdas (a λ curve: one column per value, λ = 0 its reference) goes without "
+                             f"{', '.join(clash)}")
         if term is None:
             raise ValueError("lambdas needs a term")
-        values = [float(v) for v in entry["lambdas"]]
-        if not values or values != sorted(set(values)) or values[0] < 0:
+        values = _numbers(entry, "lambdas")
+        if not values or values != sorted(set(values)):
             raise ValueError(f"lambdas must be increasing values >= 0, got {entry['lambdas']!r}")
         return [Cell(column=f"{v:g}", paper_lambda=v, **common) for v in values]
-    lam = entry.get("lambda")
+    lam = _number(entry["lambda"], "lambda") if "lambda" in entry else None
     fallback = grid[len(grid) // 2] if lam is None and grid else None
-    return [Cell(column=str(entry.get("column", config.dataset)), paper_lambda=None if lam is None else float(lam),
-                 grid=grid, fallback_lambda=fallback, **common)]
+    return [Cell(column=_get(entry, "column", str, "", config.dataset), paper_lambda=lam, grid=grid,
+                 fallback_lambda=fallback, paper=paper, baseline=_get(entry, "baseline", bool, "", False), **common)]
 
 
-def _section(value: Any, where: str) -> dict[str, Any]:
+def _check_run(run: dict[str, Any], where: str) -> None:
+    _check_keys(run, tuple(_RUN_TYPES), where)
+    for key, kind in _RUN_TYPES.items():
+        if key in run:
+            _get(run, key, kind, where, None)
+    if run.get("model") is not None and run["model"] not in MODELS:
+        raise ValueError(f"{where}: unknown model {run['model']!r}; valid: {', '.join(sorted(MODELS))}")
+    if run.get("batch_mode", "batch") not in ("batch", "sample"):
+        raise ValueError(f"{where}: batch_mode must be 'batch' or 'sample', got {run['batch_mode']!r}")
+
+
+_KINDS = {str: "a non-empty string", int: "an integer", bool: "true or false", dict: "a table of keys"}
+
+
+def _get(d: dict[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
+    """``d[key]`` checked to be of ``kind`` (TOML's own types; bool is not an int here), else ``default``."""
+    if key not in d:
+        return default
+    value = d[key]
+    ok = (isinstance(value, bool) if kind is bool else isinstance(value, int) and not isinstance(value, bool)
+          if kind is int else isinstance(value, kind) and (kind is not str or value != ""))
+    if not ok:
+        raise ValueError(f"{where + ': ' if where else ''}{key} must be {_KINDS[kind]}, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _numbers(entry: dict[str, Any], key: str) -> list[float]:
+    values = entry.get(key, [])
+    if not isinstance(values, list):
+        raise ValueError(f"{key} must be a list of numbers, got {values!r}")
+    return [_number(v, f"each value of {key}") for v in values]
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a table of keys, got {value!r}")
     return value
