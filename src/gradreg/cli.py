@@ -179,8 +179,9 @@ def _existing_store(db: Path, experiment: str):
     return ResultStore(db)
 
 
-LAMBDAS_HELP = ("paper: each cell at the paper's reported λ; grid: phase 1 of the λ selection (every grid λ "
-                "on dev seeds); selected: phase 2 (the λ with the best mean dev metric, on test seeds)")
+LAMBDAS_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); grid: phase 1 "
+                "of the λ selection (every grid λ on dev seeds); selected: phase 2 (the λ with the best mean "
+                "dev metric, on test seeds)")
 
 
 @app.command()
