@@ -25,6 +25,7 @@ COMMITTED = [
     (["table4", "--lambdas", "selected", "--grid-window", "2", "--dev-seeds", "5", "--row", "SpectReg"], "mnist.db",
      "table4_SpectReg_selected"),
     (["table6"], "mnist.db", "table6"),
+    ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
     (["sin_lownoise"], "sin_lownoise.db", "sin_lownoise"),
