@@ -242,3 +242,10 @@ def test_the_figure_draws_published_numbers_only_where_the_file_gives_some(tmp_p
     with ResultStore(tmp_path / "r.db") as store:
         fig = _generic(e, collect(e, store), store, tmp_path)
     assert fig.axes[0].get_legend_handles_labels()[1] == labels
+
+
+def test_every_run_config_field_but_seed_and_terms_can_be_set_from_a_file():
+    import dataclasses
+
+    from gradreg.spec import _RUN_TYPES
+    assert set(_RUN_TYPES) == {f.name for f in dataclasses.fields(RunConfig)} - {"seed", "terms"}

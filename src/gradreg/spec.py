@@ -129,10 +129,10 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
         if len(lam0) == 1:  # a single λ curve's 0 is its reference, as Table 7's
             cells = [dataclasses.replace(c, baseline=True) if c is lam0[0] else c for c in cells]
     top = "top level"
-    return Experiment(name=name, title=_get(data, "title", str, top, name), source=_get(data, "source", str, top, source),
-                      cells=tuple(cells), seeds=_get(data, "seeds", int, top, 10),
-                      kind=_get(data, "kind", str, top, "table"), notes=_get(data, "notes", str, top, ""),
-                      db_name=name)
+    return Experiment(name=name, title=_get(data, "title", str, top, name),
+                      source=_get(data, "source", str, top, source), cells=tuple(cells),
+                      seeds=_get(data, "seeds", int, top, 10), kind=_get(data, "kind", str, top, "table"),
+                      notes=_get(data, "notes", str, top, ""), db_name=name)
 
 
 def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
