@@ -135,10 +135,8 @@ def _row_option():
 
 def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,
                 rows: list[str] | None = None):
-    from .experiments import EXPERIMENTS, get_experiment
+    from .experiments import get_experiment
     from .spec import is_spec_path, load_experiment
-    if not is_spec_path(name) and name not in EXPERIMENTS:
-        _fail(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}; or your own experiment file (*.toml)")
     try:
         exp = load_experiment(name) if is_spec_path(name) else get_experiment(name)
         exp = exp.with_overrides(dict(_parse_pairs(set_ or [], "--set")))

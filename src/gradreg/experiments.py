@@ -201,6 +201,11 @@ class Experiment:
         (``sin2``, the poster's tables) keeps all its runs in one file."""
         return self.db_name or self.cells[0].config.dataset
 
+    @property
+    def has_paper_values(self) -> bool:
+        """Whether any cell has a published number to show beside ours (experiment files may have none)."""
+        return any(c.paper for c in self.cells)
+
     def cell(self, row: str, column: str) -> Cell:
         for c in self.cells:
             if c.key == (row, column):
@@ -778,5 +783,6 @@ if len(EXPERIMENTS) != len(_EXPERIMENTS):
 
 def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
+        raise ValueError(f"unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}; "
+                         "or your own experiment file (*.toml), read by gradreg.load_experiment")
     return EXPERIMENTS[name]

@@ -179,7 +179,7 @@ def _generic(experiment, stats, store, out_dir):
         labels = [f"{st.cell.row}{'*' if st.significant else ''}\n{st.cell.column}"
                   + (f"\nλ={st.lam:g}" if st.cell.term and st.lam is not None else "") for st in stats]
         xs = list(range(len(stats)))
-        has_paper = any(st.cell.paper for st in stats)  # your own experiments may have no published numbers
+        has_paper = experiment.has_paper_values
         shift = 0.12 if has_paper else 0.0
         ax.errorbar([x - shift for x in xs], [st.mean * scale if st.n else math.nan for st in stats],
                     yerr=[0 if math.isnan(st.std) else st.std * scale for st in stats],

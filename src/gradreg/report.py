@@ -254,8 +254,7 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     by = {st.cell.key: st for st in stats}
     metric = experiment.cells[0].metric
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
-    # Your own experiments (gradreg.spec) usually have no published numbers: no column of dashes then.
-    show_paper = any(c.paper for c in experiment.cells)
+    show_paper = experiment.has_paper_values  # else no column of dashes
     paper_note = " · the paper's value" if show_paper else ""
     lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
              f"Source: {experiment.source}. Cells: ours mean (std) over n runs{paper_note}. "

@@ -144,7 +144,7 @@ def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell
     if "overrides" in run or "overrides" in own:
         merged["overrides"] = dict(run.get("overrides", {})) | dict(own.get("overrides", {}))
     config = RunConfig.from_dict(merged)
-    term = entry.get("term")
+    term = _get(entry, "term", str, "", None)
     if term is not None and "lambda" not in entry and "lambdas" not in entry and not entry.get("grid"):
         raise ValueError(f"term {term!r} needs a lambda, lambdas or a grid")
     grid = tuple(_numbers(entry, "grid"))
@@ -154,7 +154,7 @@ def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell
         if not 1 <= len(paper) <= 2:
             raise ValueError(f"paper must be [mean] or [mean, std], got {entry['paper']!r}")
         paper = (paper[0], paper[1] if len(paper) == 2 else None)
-    common = dict(row=_get(entry, "row", str, "", ""), config=config, term=_get(entry, "term", str, "", None),
+    common = dict(row=_get(entry, "row", str, "", ""), config=config, term=term,
                   metric=_get(entry, "metric", str, "", metric))
     if "lambdas" in entry:
         clash = sorted({"lambda", "grid", "column", "baseline", "paper"} & set(entry))
