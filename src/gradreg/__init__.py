@@ -11,6 +11,7 @@ from .train import RunConfig, RunResult
 from .grouped import GroupedModel, train_group
 from .experiments import EXPERIMENTS, Cell, Experiment, get_experiment
 from .spec import load_experiment
+from .plugins import import_plugins
 from .store import ResultStore
 from .sweep import run_sweep
 
@@ -23,5 +24,6 @@ __all__ = [
     "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset",
     "MODELS", "count_parameters", "create_model", "register_model", "StreamDropout", "use_dropout_stream",
     "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
-    "EXPERIMENTS", "Experiment", "Cell", "get_experiment", "load_experiment", "ResultStore", "run_sweep",
+    "EXPERIMENTS", "Experiment", "Cell", "get_experiment", "load_experiment", "import_plugins", "ResultStore",
+    "run_sweep",
 ]

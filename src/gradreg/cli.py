@@ -252,7 +252,7 @@ def sweep(
     try:
         summary = run_sweep([p.config for p in plan], db, workers=n_workers, threads=threads, backend=backend,
                             address=address, data_dir=data_dir, device=device, retry_failed=retry_failed,
-                            group_size=group_size, progress=progress)
+                            group_size=group_size, progress=progress, imports=exp.imports)
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"{summary.total} runs: {summary.skipped} already in the database, {summary.done} done, "

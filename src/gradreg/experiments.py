@@ -166,9 +166,11 @@ class Experiment:
     notes: str = ""                   # the caption's setup, deviations, how λ values were read
     only_rows: tuple[str, ...] = ()   # set by with_rows: the rows kept (besides the baselines)
     db_name: str | None = None        # the default results database's name; None: see ``database``
+    imports: tuple[str, ...] = ()     # modules/.py files registering the user's components (gradreg.plugins)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cells", tuple(self.cells))
+        object.__setattr__(self, "imports", tuple(self.imports))
         if not self.cells:
             raise ValueError(f"{self.name}: no cells")
         if self.kind not in ("table", "figure"):

@@ -33,10 +33,18 @@ unregularized run and, in a file with one curve and no ``baseline`` cell, the re
     term = "datagrad"
     lambdas = [0, 1, 3, 10]
 
+Your own model (or dataset, regularizer, recipe): register it in a Python file and list the file in
+``imports``; it is imported when the file is read and in every sweep worker (:mod:`gradreg.plugins`)::
+
+    imports = ["my_models.py"]          # .py paths are relative to this file; or installed module names
+
+    [run]
+    model = "wide_mlp"                  # registered by my_models.py with @gradreg.register_model
+
 Top-level keys: ``name``, ``title``, ``source`` (default: the file's path), ``seeds``, ``kind``
 (``"table"`` or ``"figure"``), ``notes``, ``metric`` (every cell's default: ``test_acc``, ``test_top5``,
-``test_mse`` or ``train_mse``), ``[run]`` and ``[[cells]]``. Cell keys: ``row`` (required), ``column``
-(default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
+``test_mse`` or ``train_mse``), ``imports``, ``[run]`` and ``[[cells]]``. Cell keys: ``row`` (required),
+``column`` (default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
 ``paper`` (a published ``[mean, std]`` to print beside yours) and ``run`` (RunConfig fields over the
 file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` but no ``lambda`` runs the
 grid's middle value (the upper one of an even grid) under ``--lambdas paper``. Unknown keys, values of
@@ -56,6 +64,7 @@ from typing import Any
 
 from .experiments import EXPERIMENTS, Cell, Experiment
 from .models import MODELS
+from .plugins import import_plugins, resolve_imports
 from .train import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -65,7 +74,7 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["load_experiment", "experiment_from_dict", "is_spec_path"]
 
-_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "run", "cells")
+_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "cells")
 _CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "baseline", "metric", "paper", "run")
 # RunConfig's fields as TOML spells them; seed is set per run and terms by each cell's term and λ.
 _RUN_TYPES: dict[str, type] = {"dataset": str, "train_size": int, "model": str, "batchnorm": bool, "recipe": str,
@@ -92,19 +101,26 @@ def load_experiment(path: str | Path) -> Experiment:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
     try:
-        return experiment_from_dict(data, name=path.stem, source=str(path))
+        return experiment_from_dict(data, name=path.stem, source=str(path), base=path.parent)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
 
 
-def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", source: str = "") -> Experiment:
-    """An :class:`Experiment` from a spec's parsed contents; ``name`` and ``source`` are the defaults."""
+def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", source: str = "",
+                         base: str | Path | None = None) -> Experiment:
+    """An :class:`Experiment` from a spec's parsed contents; ``name`` and ``source`` are the defaults,
+    ``base`` the directory relative ``.py`` imports lie in (default: the current directory)."""
     _check_keys(_table(data, "the file"), _TOP_KEYS, "top level")
     name = _get(data, "name", str, "top level", name)
     if not _NAME.fullmatch(name) or name in EXPERIMENTS:
         raise ValueError(f"name {name!r} " + ("is one of the paper's experiments" if name in EXPERIMENTS else
                                                "must be letters, digits, '_', '-' or '.'")
                          + "; set another with name = \"...\" (it names the results database and figures)")
+    imports = data.get("imports", [])
+    if not isinstance(imports, list):
+        raise ValueError(f"imports must be a list of module names or .py files, got {imports!r}")
+    imports = resolve_imports(imports, base)
+    import_plugins(imports)  # before the checks below: they look the user's model up in the registry
     run = _table(data.get("run", {}), "[run]")
     _check_run(run, "[run]")
     try:
@@ -132,7 +148,7 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
     return Experiment(name=name, title=_get(data, "title", str, top, name),
                       source=_get(data, "source", str, top, source), cells=tuple(cells),
                       seeds=_get(data, "seeds", int, top, 10), kind=_get(data, "kind", str, top, "table"),
-                      notes=_get(data, "notes", str, top, ""), db_name=name)
+                      notes=_get(data, "notes", str, top, ""), db_name=name, imports=imports)
 
 
 def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
@@ -179,7 +195,8 @@ def _check_run(run: dict[str, Any], where: str) -> None:
         if key in run:
             _get(run, key, kind, where, None)
     if run.get("model") is not None and run["model"] not in MODELS:
-        raise ValueError(f"{where}: unknown model {run['model']!r}; valid: {', '.join(sorted(MODELS))}")
+        raise ValueError(f"{where}: unknown model {run['model']!r}; valid: {', '.join(sorted(MODELS))} (your own: "
+                         f"register it in a .py file and list that in imports)")
     if run.get("batch_mode", "batch") not in ("batch", "sample"):
         raise ValueError(f"{where}: batch_mode must be 'batch' or 'sample', got {run['batch_mode']!r}")
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .grouped import group_key, groupable, train_group
+from .plugins import import_plugins, resolve_imports
 from .store import ResultStore, owner_id, runtime_versions
 from .train import RunConfig, RunResult, resolve_device, train
 
@@ -185,14 +186,16 @@ def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int) -> None:
-    """Pool worker setup: torch's thread count, and Ctrl-C left to the parent (which stops the pool)."""
+def _init_worker(threads: int, imports: tuple[str, ...]) -> None:
+    """Pool worker setup: torch's thread count, the user's components (``imports``), and Ctrl-C left to
+    the parent (which stops the pool)."""
     import signal
 
     import torch
 
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import_plugins(imports)
 
 
 def _pool_task(configs: list[RunConfig], db_path: str, data_dir: Any, device: str,
@@ -223,13 +226,14 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
 
 
 def _run_local_pool(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
-                    workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool) -> None:
+                    workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool,
+                    imports: tuple[str, ...]) -> None:
     """Train ``tasks`` in ``workers`` spawned processes (spawn: safe with torch and CUDA, same on every OS)."""
     import multiprocessing
 
     keys = [c.key() for task in tasks for c in task]
     pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
+                               initializer=_init_worker, initargs=(threads, imports))
     try:
         pending: set[Future] = {pool.submit(_pool_task, t, str(store.path), data_dir, device, retry_failed)
                                 for t in tasks}
@@ -260,7 +264,8 @@ def _import_ray() -> Any:
     return ray
 
 
-def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, threads: int) -> dict[str, Any]:
+def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, threads: int,
+               imports: tuple[str, ...] = ()) -> dict[str, Any]:
     """A ray task: train one task's runs and return plain data (the driver stores it), errors included."""
     import torch
 
@@ -268,6 +273,7 @@ def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, thread
     start = time.perf_counter()
     out: dict[str, Any] = {"versions": runtime_versions(), "device": None}
     try:
+        import_plugins(imports)
         runs = [RunConfig.from_dict(c) for c in configs]
         out["device"] = str(resolve_device(device))
         try:
@@ -296,7 +302,7 @@ def _result_from_dict(d: dict[str, Any]) -> RunResult:
 
 def _run_ray(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
              workers: int, threads: int, address: str | None, data_dir: Any, device: str,
-             retry_failed: bool) -> None:
+             retry_failed: bool, imports: tuple[str, ...]) -> None:
     """Keep ``workers`` ray tasks in flight; the driver claims a task's runs just before submitting it.
 
     Claiming lazily (not all runs up front) leaves the rest to another sweep on the same database
@@ -332,7 +338,8 @@ def _run_ray(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[
                         else:
                             record(config.key(), "busy")
                     if claimed:
-                        in_flight[remote.remote([c.to_dict() for c in claimed], data_dir, device, threads)] = claimed
+                        in_flight[remote.remote([c.to_dict() for c in claimed], data_dir, device, threads,
+                                                 imports)] = claimed
                 if not in_flight:
                     break
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -467,7 +474,7 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.PathLike, *, workers: int = 1,
               threads: int = 1, backend: str = "local", address: str | None = None, data_dir: Any = None,
               device: str = "auto", retry_failed: bool = False, group_size: int | None = None,
-              progress: bool = True) -> SweepSummary:
+              progress: bool = True, imports: Iterable[str] = ()) -> SweepSummary:
     """Train every config not yet finished in the store at ``db_path``; returns what was done.
 
     ``workers``: tasks trained at once (see :func:`default_workers`); ``threads``: torch threads per
@@ -475,8 +482,10 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     that differ only in seed and λ train together as one vectorized group of at most this many
     (None: :func:`auto_group_size`; 1: every run alone). ``address``: the ray cluster (None starts a
     local instance with ``workers * threads`` CPUs). ``retry_failed``: train runs recorded as failed
-    again. A run that raises is recorded as failed and the sweep goes on; Ctrl-C removes the
-    interrupted runs' rows and re-raises.
+    again. ``imports``: modules or ``.py`` files that register your own models, datasets or
+    regularizers, imported here and in every worker before it trains (:mod:`gradreg.plugins`). A run
+    that raises is recorded as failed and the sweep goes on; Ctrl-C removes the interrupted runs'
+    rows and re-raises.
 
     With ``workers > 1`` (local backend) the workers are spawned, so they import the caller's main
     module: a script must call this under ``if __name__ == "__main__":``.
@@ -490,6 +499,8 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if backend == "ray":
         _import_ray()  # fail before touching the store
+    imports = resolve_imports(imports)
+    import_plugins(imports)  # here first: a missing file fails before any worker starts
     todo = _as_configs(configs)
     summary = SweepSummary(total=len(todo))
     with ResultStore(db_path) as store:
@@ -511,7 +522,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                 pass
             elif backend == "ray":
                 _run_ray(tasks, store, record, workers=workers, threads=threads, address=address,
-                         data_dir=data_dir, device=device, retry_failed=retry_failed)
+                         data_dir=data_dir, device=device, retry_failed=retry_failed, imports=imports)
             elif workers == 1:
                 owner = owner_id()
                 with _torch_threads(threads):
@@ -521,6 +532,6 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                             record(key, outcome)
             else:
                 _run_local_pool(tasks, store, record, workers=workers, threads=threads, data_dir=data_dir,
-                                device=device, retry_failed=retry_failed)
+                                device=device, retry_failed=retry_failed, imports=imports)
     summary.seconds = time.perf_counter() - start
     return summary
