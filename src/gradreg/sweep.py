@@ -15,7 +15,8 @@ Backends:
 * ``"local"``: ``workers`` processes on this machine (in this process when ``workers == 1``).
 * ``"ray"``: one ray task per task, on a local ray instance or the cluster at ``address``. Tasks
   return their results to this process (the driver), which alone reads and writes the store, so the
-  cluster needs no shared filesystem; it needs the same gradreg and torch installed on every node.
+  cluster needs no shared filesystem; it needs the same gradreg and torch installed on every node
+  (and the sweep's ``imports``, :mod:`gradreg.plugins`).
 """
 from __future__ import annotations
 
