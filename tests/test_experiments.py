@@ -284,8 +284,27 @@ def test_cell_run_rules():
         Cell("X", "x", RunConfig(dataset="sin", seed=1))
     with pytest.raises(ValueError, match="duplicate"):
         Experiment("dup", "t", "s", (base, base))
-    with pytest.raises(ValueError, match="more than one baseline"):
-        Experiment("two", "t", "s", (base, Cell("Other", "x", cfg, baseline=True)))
+    other = Cell("Other", "x", cfg, baseline=True)
+    Experiment("two", "t", "s", (base, other))  # two baselines, nothing compared with them: fine
+    with pytest.raises(ValueError, match=r"more than one baseline in the column of cell \('SpectReg', 'x'\)"):
+        Experiment("two", "t", "s", (base, other, reg))
+
+
+def test_reference_is_the_columns_baseline_else_the_rows_else_the_only_one():
+    cfg = RunConfig(dataset="sin", train_size=10)
+    curves = [Cell(row, f"{lam:g}", cfg, term="spectreg", paper_lambda=lam, baseline=lam == 0)
+              for row in ("a", "b") for lam in (0, 0.1, 1)]
+    e = Experiment("curves", "t", "s", curves)  # two λ = 0 baselines in column "0", one per row
+    assert {c.key: e.reference(c) and e.reference(c).key for c in curves} == {
+        ("a", "0"): None, ("a", "0.1"): ("a", "0"), ("a", "1"): ("a", "0"),
+        ("b", "0"): None, ("b", "0.1"): ("b", "0"), ("b", "1"): ("b", "0")}
+    table = [Cell("base", "x", cfg, baseline=True), Cell("reg", "x", cfg, term="spectreg", paper_lambda=1),
+             Cell("reg", "y", cfg, term="spectreg", paper_lambda=2)]
+    e = Experiment("table", "t", "s", table)  # column y has no baseline, row reg none: the only one
+    assert e.reference(table[1]) is table[0] and e.reference(table[2]) is table[0]
+    with pytest.raises(ValueError, match=r"more than one baseline in the row of cell \('a', '1'\)"):
+        Experiment("ambiguous", "t", "s", [Cell("a", "0", cfg, baseline=True), Cell("a", "z", cfg, baseline=True),
+                                           Cell("a", "1", cfg, term="spectreg", paper_lambda=1)])
 
 
 def test_table7_smoke_runs_train():

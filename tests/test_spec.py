@@ -82,6 +82,19 @@ def test_a_lambda_curve_is_one_cell_per_value_with_zero_as_its_baseline():
     assert small.run(small.paper_lambda, 0).terms == (("spectreg", 0.01),)
 
 
+def test_each_of_several_curves_is_compared_with_its_own_zero():
+    curve = {"term": "datagrad", "lambdas": [0, 50, 100]}
+    e = experiment_from_dict({"cells": [{"row": "wd 0", **curve, "run": {"overrides": {"weight_decay": 0.0}}},
+                                        {"row": "wd 5e-4", **curve}]})
+    for row in ("wd 0", "wd 5e-4"):
+        zero = e.cell(row, "0")
+        assert zero.baseline and [e.reference(e.cell(row, c)) for c in ("50", "100")] == [zero, zero]
+    assert e.cell("wd 0", "0").config != e.cell("wd 5e-4", "0").config
+    # Beside a table baseline, a curve's points still compare with the curve's own λ = 0.
+    e = experiment_from_dict({"cells": [{"row": "plain", "baseline": True}, {"row": "dg", **curve}]})
+    assert e.reference(e.cell("dg", "50")) is e.cell("dg", "0")
+
+
 def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     e = experiment_from_dict({"cells": [{"row": "s", "term": "spectreg", "grid": [0.001, 0.01, 0.1]}]})
     assert e.cells[0].lambda_for_paper_mode == 0.01 and e.cells[0].paper_lambda is None

@@ -181,9 +181,8 @@ class Experiment:
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"{self.name}: duplicate cells {dupes}")
-        for column in self.columns:
-            if sum(c.baseline for c in self.cells if c.column == column) > 1:
-                raise ValueError(f"{self.name}: more than one baseline in column {column!r}")
+        for cell in self.cells:
+            self.reference(cell)  # raises where a cell's reference is ambiguous
 
     # --- lookup -----------------------------------------------------------------------------------
 
@@ -216,14 +215,20 @@ class Experiment:
                        f"cells: {', '.join(f'({r!r}, {k!r})' for r, k in (c.key for c in self.cells))}")
 
     def reference(self, cell: Cell) -> Cell | None:
-        """The baseline ``cell`` is compared with: its column's, else the experiment's only baseline."""
+        """The baseline ``cell`` is compared with: its column's; else its row's (a λ curve's λ = 0 cell,
+        where several curves share the λ columns); else the experiment's only baseline. Two baselines
+        at the first of these levels that has any make the reference ambiguous: a ValueError."""
         if cell.baseline:
             return None
-        same = [c for c in self.cells if c.baseline and c.column == cell.column]
-        if same:
-            return same[0]
-        every = [c for c in self.cells if c.baseline]
-        return every[0] if len(every) == 1 else None
+        baselines = [c for c in self.cells if c.baseline]
+        for level, found in (("column", [c for c in baselines if c.column == cell.column]),
+                             ("row", [c for c in baselines if c.row == cell.row])):
+            if len(found) > 1:
+                raise ValueError(f"{self.name}: more than one baseline in the {level} of cell {cell.key}: "
+                                 f"{', '.join(str(c.key) for c in found)}")
+            if found:
+                return found[0]
+        return baselines[0] if len(baselines) == 1 else None
 
     def with_overrides(self, overrides: dict[str, object] | None) -> "Experiment":
         """The same experiment with recipe ``overrides`` applied to every cell (over the cell's own).

@@ -249,6 +249,16 @@ def _cell_text(st: CellStats, show_paper: bool = True) -> str:
     return text
 
 
+def _reference_text(experiment: Experiment) -> str:
+    """What the table's p-values compare with, in words (:meth:`Experiment.reference`)."""
+    pairs = [(c, ref) for c in experiment.cells if (ref := experiment.reference(c)) is not None]
+    if all(ref.column == c.column for c, ref in pairs):
+        return "the column's baseline"
+    if all(ref.row == c.row and ref.term is not None and ref.paper_lambda == 0 for c, ref in pairs):
+        return "the row's λ = 0 (each λ curve's own reference)"
+    return "the cell's baseline (its column's, else its row's, else the table's only one)"
+
+
 def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     """The experiment in the paper's layout: methods as rows, setups as columns."""
     by = {st.cell.key: st for st in stats}
@@ -258,7 +268,7 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     paper_note = " · the paper's value" if show_paper else ""
     lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
              f"Source: {experiment.source}. Cells: ours mean (std) over n runs{paper_note}. "
-             f"p: Welch's t-test against the column's baseline, Bonferroni-corrected over the table's "
+             f"p: Welch's t-test against {_reference_text(experiment)}, Bonferroni-corrected over the table's "
              f"comparisons; * marks p < {ALPHA}.", ""]
     cols = experiment.columns
     lines.append("| | " + " | ".join(cols) + " |")

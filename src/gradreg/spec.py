@@ -25,8 +25,8 @@ describes an :class:`~gradreg.experiments.Experiment`: shared run settings, then
     grid = [0.001, 0.003, 0.01]         # optional: λ selection on dev seeds (--lambdas grid / selected)
 
 A λ curve instead of a table: one cell per value, in columns "0", "1", "3", "10"; λ = 0 is the
-unregularized run and, in a file with one curve and no ``baseline`` cell, the reference of the others
-(as in Table 7; several curves get no significance tests, their λ = 0 cells being one per row)::
+unregularized run and the reference of the curve's other points (as in Table 7; each curve its own,
+where a file has several)::
 
     [[cells]]
     row = "DataGrad"
@@ -55,7 +55,6 @@ Runs are keyed by their settings, not by the data file's contents: keep one data
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import sys
@@ -140,10 +139,6 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
             cells += _cells(entry, run, metric)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
-    if not any(c.baseline for c in cells):
-        lam0 = [c for c in cells if c.term and c.paper_lambda == 0]
-        if len(lam0) == 1:  # a single λ curve's 0 is its reference, as Table 7's
-            cells = [dataclasses.replace(c, baseline=True) if c is lam0[0] else c for c in cells]
     top = "top level"
     return Experiment(name=name, title=_get(data, "title", str, top, name),
                       source=_get(data, "source", str, top, source), cells=tuple(cells),
@@ -182,7 +177,7 @@ def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell
         values = _numbers(entry, "lambdas")
         if not values or values != sorted(set(values)):
             raise ValueError(f"lambdas must be increasing values >= 0, got {entry['lambdas']!r}")
-        return [Cell(column=f"{v:g}", paper_lambda=v, **common) for v in values]
+        return [Cell(column=f"{v:g}", paper_lambda=v, baseline=v == 0, **common) for v in values]
     lam = _number(entry["lambda"], "lambda") if "lambda" in entry else None
     fallback = grid[len(grid) // 2] if lam is None and grid else None
     return [Cell(column=_get(entry, "column", str, "", config.dataset), paper_lambda=lam, grid=grid,
