@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gradreg.data import (
-    CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataError, Dataset, load_dataset, resolve_data_dir,
+    CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataError, Dataset, data_fingerprint, load_dataset, resolve_data_dir,
 )
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -513,3 +513,16 @@ def test_real_cifar(name, pool, classes):
     assert ds.y_pool.min() == 0 and ds.y_pool.max() == classes - 1
     mean, std = ds.x_pool.mean(dim=(0, 2, 3)), ds.x_pool.std(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.zeros(3), atol=0.05) and torch.allclose(std, torch.ones(3), atol=0.05)
+
+
+def test_npz_fingerprint_follows_the_files_bytes(tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    np.savez(tmp_path / "r.npz", x_train=x, y_train=x.sum(1), x_test=x[:2], y_test=x[:2].sum(1))
+    first = data_fingerprint("npz", tmp_path / "r.npz")
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert data_fingerprint("npz", tmp_path) == first == load_dataset("npz", tmp_path).fingerprint
+    np.savez(tmp_path / "r.npz", x_train=x, y_train=x.sum(1) + 1, x_test=x[:2], y_test=x[:2].sum(1))
+    assert data_fingerprint("npz", tmp_path) != first
+    assert data_fingerprint("sin") is None and load_dataset("sin").fingerprint is None  # fixed by the name
+    with pytest.raises(DataError, match="npz dataset not found"):
+        data_fingerprint("npz", tmp_path / "elsewhere")

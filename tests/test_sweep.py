@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 import gradreg.sweep as sweep_mod
@@ -198,3 +199,26 @@ def test_ray_backend(tmp_path):
         assert all(r["device"] == "cpu" and r["versions"]["torch"] and r["curve"] for r in done)
     again = run_sweep(configs, db, backend="ray", workers=2, data_dir=empty, progress=False)
     assert again.skipped == 4 and again.done == 0
+
+
+def test_a_sweep_refuses_finished_runs_of_an_edited_data_file(tmp_path):
+    def write(shift: float) -> None:
+        x = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+        np.savez(tmp_path / "mine.npz", x_train=x, y_train=(x.sum(1) > shift).astype(np.int64), x_test=x[:10],
+                 y_test=(x[:10].sum(1) > shift).astype(np.int64))
+
+    write(0.0)
+    configs = [RunConfig(dataset="npz", model="mlp", seed=s, overrides=(("steps", 5), ("eval_points", 1)))
+               for s in range(2)]
+    first = run_sweep(configs, tmp_path / "a.db", data_dir=tmp_path, progress=False)
+    with ResultStore(tmp_path / "a.db") as store:
+        stamps = {r["extras"]["data_sha256"] for r in store.rows()}
+    assert first.done == 2 and len(stamps) == 1
+    assert run_sweep(configs, tmp_path / "a.db", data_dir=tmp_path, progress=False).skipped == 2  # same file
+    write(0.5)  # the user edits the file: the stored runs no longer describe it
+    with pytest.raises(ValueError, match=r"a\.db: 2 finished run\(s\) of this sweep were trained on another npz data"):
+        run_sweep(configs, tmp_path / "a.db", data_dir=tmp_path, progress=False)
+    again = run_sweep(configs, tmp_path / "b.db", data_dir=tmp_path, progress=False)  # this process reloads it
+    with ResultStore(tmp_path / "b.db") as store:
+        new = {r["extras"]["data_sha256"] for r in store.rows()}
+    assert again.done == 2 and len(new) == 1 and new != stamps

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset", "resolve_data_dir"]
+__all__ = ["DATASETS", "DataError", "Dataset", "data_fingerprint", "load_dataset", "register_dataset",
+           "resolve_data_dir"]
 
 ENV_VAR = "GRADREG_DATA_DIR"
 
@@ -60,6 +61,7 @@ class Dataset:
     Images are float32 ``(N, C, H, W)``, vectors ``(N, D)``. Targets are int64 ``(N,)`` class indices
     for classification and float32 ``(N, k)`` for regression. ``pair_offset`` is set only for SIN2
     (section 6.2.8), whose pool entries ``2k`` and ``2k+1`` are the pair ``(x, y)``, ``(x + offset, y)``.
+    ``fingerprint`` (see :func:`data_fingerprint`) is set where the contents can change under one name.
     """
 
     name: str
@@ -73,6 +75,7 @@ class Dataset:
     num_outputs: int
     input_shape: tuple[int, ...]
     pair_offset: float | None = None
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
@@ -142,6 +145,27 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dev_si
         raise ValueError(f"download is only supported for {', '.join(sorted(_DOWNLOADABLE))}, not {name!r}")
     return DATASETS[name](resolve_data_dir(data_dir), dev_size=dev_size, download=download,
                           verify_checksums=verify_checksums)
+
+
+def data_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
+    """A short sha256 of the file dataset ``name`` reads, where its contents are not fixed by its name.
+
+    That is the ``npz`` dataset: the user's file, which may be edited or replaced between two sweeps
+    on one database. Run keys hold settings, not data, so sweeps compare this with the one stored
+    beside each finished run (:func:`gradreg.run_sweep`). The built-in datasets return None: their
+    files are checked against the official checksums, or generated from the run's seed.
+    """
+    if name != "npz":
+        return None
+    return _sha256_16(_npz_path(resolve_data_dir(data_dir)))
+
+
+def _sha256_16(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _not_found(what: str, expected: Iterable[str], searched: Iterable[Path]) -> DataError:
@@ -492,6 +516,17 @@ def _npz_inputs(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.reshape(len(x), -1) if x.ndim == 1 else x, dtype=np.float32))
 
 
+def _npz_path(data_dir: Path) -> Path:
+    """The .npz file ``data_dir`` names, or the only one in that folder."""
+    files = [data_dir] if data_dir.suffix == ".npz" and data_dir.is_file() else \
+        sorted(data_dir.glob("*.npz")) if data_dir.is_dir() else []
+    if len(files) != 1:
+        if files:
+            raise DataError(f"{data_dir} holds several .npz files; pass the path of the one to load")
+        raise _not_found("npz dataset", ["a .npz file with x_train, y_train, x_test, y_test"], [data_dir])
+    return files[0]
+
+
 @register_dataset("npz")
 def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """A user's dataset in one .npz: x_train, y_train, x_test, y_test and optionally x_dev, y_dev.
@@ -499,13 +534,7 @@ def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     Integer targets mean classification (classes = max label + 1), float targets regression
     (reshaped to (N, k)). Without x_dev/y_dev the last 10% (at least 1) of the training points are dev.
     """
-    files = [data_dir] if data_dir.suffix == ".npz" and data_dir.is_file() else \
-        sorted(data_dir.glob("*.npz")) if data_dir.is_dir() else []
-    if len(files) != 1:
-        if files:
-            raise DataError(f"{data_dir} holds several .npz files; pass the path of the one to load")
-        raise _not_found("npz dataset", ["a .npz file with x_train, y_train, x_test, y_test"], [data_dir])
-    path = files[0]
+    path = _npz_path(data_dir)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -542,4 +571,5 @@ def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
                                                   max(1, len(xs["train"]) // 10))
     outputs = max(int(y.max()) + 1 for y in ys.values() if len(y)) if classification else ys["train"].shape[1]
     return Dataset("npz", "classification" if classification else "regression", pool_x, pool_y,
-                   dev_x, dev_y, xs["test"], ys["test"], outputs, tuple(xs["train"].shape[1:]))
+                   dev_x, dev_y, xs["test"], ys["test"], outputs, tuple(xs["train"].shape[1:]),
+                   fingerprint=_sha256_16(path))

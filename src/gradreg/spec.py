@@ -50,8 +50,9 @@ file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` b
 grid's middle value (the upper one of an even grid) under ``--lambdas paper``. Unknown keys, values of
 the wrong type and names the paper's experiments use fail, naming the key and what is valid.
 
-Runs are keyed by their settings, not by the data file's contents: keep one database per data file
-(the default, ``results/<name>.db``, does so per experiment file).
+Runs are keyed by their settings, not by the data file's contents; a sweep over an ``npz`` file
+stores its sha256 beside each run and refuses to reuse runs of an earlier version of the file
+(:func:`gradreg.data.data_fingerprint`). The default database is ``results/<name>.db``.
 """
 from __future__ import annotations
 

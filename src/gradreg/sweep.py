@@ -84,10 +84,15 @@ _DATASETS: dict[tuple[str, str | None], Any] = {}
 
 
 def _dataset(name: str, data_dir: str | os.PathLike | None) -> Any:
-    """The dataset, loaded once per process (loading MNIST takes seconds; a sweep runs it hundreds of times)."""
-    from .data import load_dataset
+    """The dataset, loaded once per process (loading MNIST takes seconds; a sweep runs it hundreds of
+    times), and again when the user's file changed (its fingerprint is part of the cache key)."""
+    from .data import DataError, data_fingerprint, load_dataset
 
-    cache_key = (name, None if data_dir is None else os.fspath(data_dir))
+    try:
+        fingerprint = data_fingerprint(name, data_dir)
+    except DataError:  # no file: load_dataset raises the full error below
+        fingerprint = None
+    cache_key = (name, None if data_dir is None else os.fspath(data_dir), fingerprint)
     if cache_key not in _DATASETS:
         _DATASETS[cache_key] = load_dataset(name, data_dir)
     return _DATASETS[cache_key]
@@ -135,8 +140,37 @@ def _train_task(configs: list[RunConfig], *, data_dir: Any, device: str, progres
     """Train one task: a single run, or a group trained as one (:mod:`gradreg.grouped`)."""
     ds = _dataset(configs[0].dataset, data_dir)
     if len(configs) == 1:
-        return [train(configs[0], dataset=ds, data_dir=data_dir, device=device, progress=progress)]
-    return train_group(configs, dataset=ds, data_dir=data_dir, device=device, progress=progress)
+        results = [train(configs[0], dataset=ds, data_dir=data_dir, device=device, progress=progress)]
+    else:
+        results = train_group(configs, dataset=ds, data_dir=data_dir, device=device, progress=progress)
+    if ds.fingerprint is not None:  # stored beside the run: a later sweep checks it (_check_data)
+        for result in results:
+            result.extras["data_sha256"] = ds.fingerprint
+    return results
+
+
+def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) -> None:
+    """Refuse to count runs as finished that were trained on another version of the user's data file.
+
+    Run keys hold settings, not data: without this check, a sweep over an edited .npz would skip
+    every run already in the database and report the old file's results as the new one's.
+    """
+    from .data import DataError, data_fingerprint
+
+    for name in sorted({c.dataset for c in finished}):
+        try:
+            current = data_fingerprint(name, data_dir)
+        except DataError:  # no file: nothing to compare; runs that need it fail with this error
+            continue
+        if current is None:
+            continue
+        rows = store.rows([c.key() for c in finished if c.dataset == name], status=("done", "diverged"))
+        other = sorted({r["extras"].get("data_sha256") for r in rows} - {None, current})
+        if other:
+            n = sum(r["extras"].get("data_sha256") in other for r in rows)
+            raise ValueError(f"{store.path}: {n} finished run(s) of this sweep were trained on another {name} data "
+                             f"file (sha256 {', '.join(other)}; the file now: {current}), and run keys do not "
+                             f"tell data apart. Sweep into another database (--db) to keep both.")
 
 
 def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_dir: Any, device: str,
@@ -506,6 +540,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     summary = SweepSummary(total=len(todo))
     with ResultStore(db_path) as store:
         known = store.statuses([c.key() for c in todo])
+        _check_data(store, [c for c in todo if known.get(c.key()) in ("done", "diverged")], data_dir)
         finished = {"done", "diverged"} | (set() if retry_failed else {"failed"})
         todo = [c for c in todo if known.get(c.key()) not in finished]
         summary.skipped = summary.total - len(todo)
