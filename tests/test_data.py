@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import gradreg.data as data_mod
 from gradreg.data import (
     CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataError, Dataset, data_fingerprint, load_dataset, resolve_data_dir,
 )
@@ -519,10 +521,25 @@ def test_npz_fingerprint_follows_the_files_bytes(tmp_path):
     x = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     np.savez(tmp_path / "r.npz", x_train=x, y_train=x.sum(1), x_test=x[:2], y_test=x[:2].sum(1))
     first = data_fingerprint("npz", tmp_path / "r.npz")
-    assert len(first) == 16 and int(first, 16) >= 0
+    assert re.fullmatch("[0-9a-f]{16}", first)
+    assert first == hashlib.sha256((tmp_path / "r.npz").read_bytes()).hexdigest()[:16]
     assert data_fingerprint("npz", tmp_path) == first == load_dataset("npz", tmp_path).fingerprint
-    np.savez(tmp_path / "r.npz", x_train=x, y_train=x.sum(1) + 1, x_test=x[:2], y_test=x[:2].sum(1))
+    # An edit (here of another size: the hash is remembered per size, inode and mtime) changes it.
+    np.savez(tmp_path / "r.npz", x_train=x[:9], y_train=x[:9].sum(1), x_test=x[:2], y_test=x[:2].sum(1))
     assert data_fingerprint("npz", tmp_path) != first
     assert data_fingerprint("sin") is None and load_dataset("sin").fingerprint is None  # fixed by the name
     with pytest.raises(DataError, match="npz dataset not found"):
         data_fingerprint("npz", tmp_path / "elsewhere")
+
+
+def test_a_registered_dataset_can_have_a_fingerprint(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "DATASETS", dict(DATASETS))
+    monkeypatch.setattr(data_mod, "_FINGERPRINTS", dict(data_mod._FINGERPRINTS))
+    (tmp_path / "mine.csv").write_text("1,2\n")
+
+    @data_mod.register_dataset("my_csv", fingerprint=lambda d: data_mod.file_sha256(d / "mine.csv"))
+    def _load(data_dir, **_):
+        raise AssertionError("not loaded by data_fingerprint")
+
+    assert data_fingerprint("my_csv", tmp_path) == hashlib.sha256(b"1,2\n").hexdigest()[:16]
+    assert data_fingerprint("digits", tmp_path) is None

@@ -35,10 +35,14 @@ def plugin(tmp_path):
     path = tmp_path / "plugins" / "my_models.py"
     path.parent.mkdir()
     path.write_text(PLUGIN.format(name=name))
-    modules_before = set(sys.modules)
     yield name, path
     MODELS.pop(name, None)
-    for module in set(sys.modules) - modules_before:
+    _forget_plugin_modules()
+
+
+def _forget_plugin_modules() -> None:
+    """The tests' plugin modules out of sys.modules (and nothing else the test happened to import)."""
+    for module in [m for m in sys.modules if m.startswith(("gradreg_plugin_", "my_models", "sibling_"))]:
         del sys.modules[module]
 
 
@@ -50,10 +54,13 @@ def test_a_file_is_imported_once_and_registers_its_model(plugin, tmp_path, monke
     name, path = plugin
     assert name not in MODELS
     monkeypatch.chdir(path.parent)
-    import_plugins(["my_models.py"])  # relative to the current directory
-    assert name in MODELS
-    import_plugins([str(path), "my_models.py"])  # the same file again: skipped (registering twice raises)
-    assert [m for m in sys.modules.values() if getattr(m, "__file__", None) == str(path.resolve())]
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the file's folder goes on it
+    import_plugins("my_models.py")  # one entry, relative to the current directory
+    assert name in MODELS and str(path.parent) in sys.path
+    import_plugins([path, "my_models.py"])  # the same file again, as a Path: skipped (registering twice raises)
+    # Imported under its own name, so the script's own `import my_models` finds it and runs nothing again.
+    assert sys.modules["my_models"].__file__ == str(path.resolve())
+    import my_models  # noqa: F401
 
 
 def test_a_file_the_script_imported_itself_is_not_run_again(plugin, monkeypatch):
@@ -62,6 +69,26 @@ def test_a_file_the_script_imported_itself_is_not_run_again(plugin, monkeypatch)
     import my_models  # noqa: F401  (the user's script, importing its module by name)
     assert name in MODELS
     import_plugins([str(path)])  # would raise "already registered" if it ran the file a second time
+
+
+def test_a_file_shadowed_by_another_module_of_its_name_gets_a_name_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "json.py").write_text("SHADOW = True\n")  # the stdlib's json wins the name
+    import_plugins([str(tmp_path / "json.py")])
+    mine = [m for n, m in sys.modules.items() if n.startswith("gradreg_plugin_json_")]
+    assert len(mine) == 1 and mine[0].SHADOW and not hasattr(sys.modules["json"], "SHADOW")
+    _forget_plugin_modules()
+
+
+def test_a_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "sibling_layers.py").write_text("WIDTH = 7\n")
+    (tmp_path / "sibling_models.py").write_text("from sibling_layers import WIDTH\n")
+    try:
+        import_plugins([str(tmp_path / "sibling_models.py")])
+        assert sys.modules["sibling_models"].WIDTH == 7
+    finally:
+        _forget_plugin_modules()
 
 
 def test_a_module_name_is_imported_from_sys_path(plugin, monkeypatch):
@@ -78,17 +105,26 @@ def test_missing_imports_are_clear_errors(tmp_path, monkeypatch):
         import_plugins(["no_such_module_xyz"])
     with pytest.raises(ValueError, match="each entry must be a module name or a .py file"):
         import_plugins([""])
-    # A module that exists but fails on a missing dependency: that error is the user's, shown as it is.
-    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(ValueError, match="neither a module name .* nor a .py file"):
+        import_plugins(["./my_models"])
+    # A module that exists but fails on a missing dependency (whose name it starts with): the
+    # dependency is named, and the original error chained.
+    (tmp_path / "needs_dep.py").write_text("import needs\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+    with pytest.raises(ImportError, match="importing needs_dep failed: ModuleNotFoundError: No module named 'needs'"
+                       ) as info:
         import_plugins(["needs_dep"])
-    # A file whose code raises is not left in sys.modules, so a second attempt runs it again.
-    bad = tmp_path / "bad.py"
-    bad.write_text("raise RuntimeError('broken plugin')\n")
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+    # A file whose code raises names the file, and is not left in sys.modules: a second attempt runs it again.
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("x = int('not a number')\n")
     for _ in range(2):
-        with pytest.raises(RuntimeError, match="broken plugin"):
+        with pytest.raises(ImportError, match=r"importing .*bad_plugin\.py failed: ValueError: invalid literal"):
             import_plugins([str(bad)])
+    spec = tmp_path / "bad.toml"
+    spec.write_text('imports = ["bad_plugin.py"]\n[[cells]]\nrow = "a"\n')
+    with pytest.raises(ImportError, match="bad_plugin.py failed"):  # not passed off as the file's own error
+        load_experiment(spec)
 
 
 def test_resolve_imports_makes_files_absolute_from_base(tmp_path):
@@ -134,6 +170,22 @@ def test_spawned_workers_import_the_plugin(plugin, tmp_path):
         assert all(r["metrics"]["test_mse"] > 0 for r in store.rows())
 
 
+def test_a_worker_that_cannot_import_stops_the_sweep_with_its_error(tmp_path):
+    # Imports here, fails in every spawned worker (a stand-in for a module only this process can see).
+    worker_only = tmp_path / "my_models_workers_fail.py"
+    worker_only.write_text("import multiprocessing\nif multiprocessing.parent_process() is not None:\n"
+                           "    raise RuntimeError('not in a worker')\n")
+    configs = [sin_config("mlp", s) for s in range(2)]
+    try:
+        with pytest.raises(ValueError, match=r"a sweep worker \(a fresh process\) could not import them"
+                                             r"(.|\n)*RuntimeError: not in a worker"):
+            run_sweep(configs, tmp_path / "runs.db", workers=2, progress=False, imports=[worker_only])
+    finally:
+        _forget_plugin_modules()
+    with ResultStore(tmp_path / "runs.db") as store:  # nothing claimed is left behind, nothing trained
+        assert store.counts().get("running", 0) == 0 and not store.rows(status="done")
+
+
 def test_ray_workers_import_the_plugin(plugin, tmp_path):
     try:
         import ray  # noqa: F401
@@ -151,9 +203,17 @@ def test_run_sweep_fails_on_a_missing_import_before_training(tmp_path):
     assert not (tmp_path / "runs.db").exists()
 
 
+def test_train_imports_a_plugin(plugin):
+    name, path = plugin
+    result = CliRunner().invoke(app, ["train", "--dataset", "sin", "--model", name, "--import", str(path),
+                                      "--smoke", "--no-progress"])
+    assert result.exit_code == 0 and result.output.startswith("done"), result.output
+    missing = CliRunner().invoke(app, ["train", "--import", str(path.parent / "nope.py"), "--smoke"])
+    assert missing.exit_code != 0 and "imports: no file at" in missing.output
+
+
 def test_the_example_model_sweeps_from_the_cli(tmp_path):
     example = Path(__file__).resolve().parents[1] / "examples" / "my_model_sweep.toml"
-    modules_before = set(sys.modules)
     try:
         db = tmp_path / "mine.db"
         result = CliRunner().invoke(app, ["sweep", str(example), "--smoke", "--workers", "2", "--db", str(db),
@@ -164,5 +224,4 @@ def test_the_example_model_sweeps_from_the_cli(tmp_path):
             assert {r["config"]["model"] for r in store.rows(status="done")} == {"wide_mlp"}
     finally:
         MODELS.pop("wide_mlp", None)
-        for module in set(sys.modules) - modules_before:
-            del sys.modules[module]
+        _forget_plugin_modules()

@@ -90,6 +90,7 @@ def test_each_of_several_curves_is_compared_with_its_own_zero():
         zero = e.cell(row, "0")
         assert zero.baseline and [e.reference(e.cell(row, c)) for c in ("50", "100")] == [zero, zero]
     assert e.cell("wd 0", "0").config != e.cell("wd 5e-4", "0").config
+    assert [c.key for c in e.with_rows(["wd 0"]).cells] == [("wd 0", "0"), ("wd 0", "50"), ("wd 0", "100")]
     # Beside a table baseline, a curve's points still compare with the curve's own λ = 0.
     e = experiment_from_dict({"cells": [{"row": "plain", "baseline": True}, {"row": "dg", **curve}]})
     assert e.reference(e.cell("dg", "50")) is e.cell("dg", "0")

@@ -202,8 +202,8 @@ def test_ray_backend(tmp_path):
 
 
 def test_a_sweep_refuses_finished_runs_of_an_edited_data_file(tmp_path):
-    def write(shift: float) -> None:
-        x = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    def write(shift: float) -> None:  # the size changes too: hashes are remembered per size and mtime
+        x = np.random.default_rng(0).normal(size=(40 + int(10 * shift), 2)).astype(np.float32)
         np.savez(tmp_path / "mine.npz", x_train=x, y_train=(x.sum(1) > shift).astype(np.int64), x_test=x[:10],
                  y_test=(x[:10].sum(1) > shift).astype(np.int64))
 

@@ -49,8 +49,11 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     progress: bool = typer.Option(True, help="progress bar"),
+    imports: List[str] = typer.Option([], "--import", help="a module name or .py file that registers your own "
+                                                           "model, dataset or regularizer, repeatable"),
 ):
     """Train one run and print its metrics."""
+    from .plugins import import_plugins
     from .train import RunConfig, train as train_run
 
     overrides = dict(_parse_pairs(set_, "--set"))
@@ -58,6 +61,7 @@ def train(
         overrides.setdefault("steps", "20")
         overrides.setdefault("eval_points", "2")
     try:
+        import_plugins(imports)
         terms = [(n, float(w)) for n, w in _parse_pairs(reg, "--reg")]
         config = RunConfig(dataset=dataset, train_size=train_size, model=model, batchnorm=batchnorm,
                            recipe=recipe, overrides=tuple(overrides.items()), terms=tuple(terms),

@@ -15,6 +15,7 @@ import codecs
 import functools
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
@@ -28,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataError", "Dataset", "data_fingerprint", "load_dataset", "register_dataset",
-           "resolve_data_dir"]
+__all__ = ["DATASETS", "DataError", "Dataset", "data_fingerprint", "file_sha256", "load_dataset",
+           "register_dataset", "resolve_data_dir"]
 
 ENV_VAR = "GRADREG_DATA_DIR"
 
@@ -110,16 +111,25 @@ class Dataset:
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
+_FINGERPRINTS: dict[str, Callable[[Path], str]] = {}
 _DOWNLOADABLE = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
 
-def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
-    """Register a loader ``fn(data_dir: Path, *, dev_size, download, verify_checksums) -> Dataset``."""
+def register_dataset(name: str, *, fingerprint: Callable[[Path], str] | None = None
+                     ) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Register a loader ``fn(data_dir: Path, *, dev_size, download, verify_checksums) -> Dataset``.
+
+    ``fingerprint(data_dir) -> str``, for data whose contents may change under one name (the user's
+    own files): a short hash of what the loader reads, which the loader should also set as the
+    Dataset's ``fingerprint``; see :func:`data_fingerprint`. :func:`file_sha256` hashes one file.
+    """
 
     def decorator(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
         if name in DATASETS:  # as models and regularizers: a second loader must not replace the first
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = fn
+        if fingerprint is not None:
+            _FINGERPRINTS[name] = fingerprint
         return fn
 
     return decorator
@@ -148,24 +158,38 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dev_si
 
 
 def data_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
-    """A short sha256 of the file dataset ``name`` reads, where its contents are not fixed by its name.
+    """A short hash of what dataset ``name`` reads, where its contents are not fixed by its name.
 
-    That is the ``npz`` dataset: the user's file, which may be edited or replaced between two sweeps
-    on one database. Run keys hold settings, not data, so sweeps compare this with the one stored
-    beside each finished run (:func:`gradreg.run_sweep`). The built-in datasets return None: their
-    files are checked against the official checksums, or generated from the run's seed.
+    ``npz`` (the user's file, which may be edited or replaced between two sweeps on one database)
+    and datasets registered with a ``fingerprint`` have one. Run keys hold settings, not data, so
+    sweeps compare it with the one stored beside each finished run (:func:`gradreg.run_sweep`).
+    The paper's datasets return None: their files are checked against the official checksums, or
+    generated from the run's seed. So do user datasets registered without a ``fingerprint``.
     """
-    if name != "npz":
+    if name not in _FINGERPRINTS:
         return None
-    return _sha256_16(_npz_path(resolve_data_dir(data_dir)))
+    return _FINGERPRINTS[name](resolve_data_dir(data_dir))
 
 
-def _sha256_16(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | os.PathLike, data: bytes | None = None) -> str:
+    """The first 16 hex digits of ``path``'s sha256 (of ``data``, its bytes, where already read);
+    remembered per path, size, inode and modification time, so a sweep re-reads nothing unchanged."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns)
+    if data is not None or key not in _FILE_HASHES:
+        if data is None:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest = hashlib.sha256(data)
+        _FILE_HASHES[key] = digest.hexdigest()[:16]
+    return _FILE_HASHES[key]
 
 
 def _not_found(what: str, expected: Iterable[str], searched: Iterable[Path]) -> DataError:
@@ -527,7 +551,7 @@ def _npz_path(data_dir: Path) -> Path:
     return files[0]
 
 
-@register_dataset("npz")
+@register_dataset("npz", fingerprint=lambda data_dir: file_sha256(_npz_path(data_dir)))
 def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """A user's dataset in one .npz: x_train, y_train, x_test, y_test and optionally x_dev, y_dev.
 
@@ -535,8 +559,10 @@ def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     (reshaped to (N, k)). Without x_dev/y_dev the last 10% (at least 1) of the training points are dev.
     """
     path = _npz_path(data_dir)
+    raw = path.read_bytes()  # once: the arrays and their fingerprint from the same bytes
+    fingerprint = file_sha256(path, raw)
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as exc:  # damaged zip, or object arrays that would need pickle
         raise DataError(f"{path}: cannot read as a numpy .npz archive ({exc})") from exc
@@ -572,4 +598,4 @@ def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     outputs = max(int(y.max()) + 1 for y in ys.values() if len(y)) if classification else ys["train"].shape[1]
     return Dataset("npz", "classification" if classification else "regression", pool_x, pool_y,
                    dev_x, dev_y, xs["test"], ys["test"], outputs, tuple(xs["train"].shape[1:]),
-                   fingerprint=_sha256_16(path))
+                   fingerprint=fingerprint)

@@ -14,7 +14,8 @@ Conventions
   setup it is compared within (a base model, a weight decay, a dataset, a train size, a λ). Where the
   paper prints methods as columns (Tables 1, 2 and 4) the table is transposed here, so that every
   column holds at most one ``baseline`` cell: the reference of the significance tests in its column.
-  In λ sweeps (Tables 5 and 7) the single λ = 0 cell is the reference for every column
+  In λ sweeps (Tables 5 and 7) the single λ = 0 cell is the reference for every column; where
+  several λ curves share the λ columns (an experiment file's), each row's λ = 0 is its own
   (:meth:`Experiment.reference`).
 - **λ as printed.** ``paper_lambda`` is the paper's value in the paper's convention; ``RunConfig``
   converts it (``weight_convention="paper"``). λ = 0 means the term is left out, so a λ = 0 point is
@@ -95,7 +96,7 @@ class Cell:
     paper_lambda: float | None = None          # the λ the paper reports for this cell
     grid: tuple[float, ...] = ()               # λ candidates for dev-set selection; () = not tuned
     paper: tuple[float, float | None] | None = None   # the paper's (mean, std) in the metric's unit
-    baseline: bool = False                     # the reference cell of its column
+    baseline: bool = False                     # a reference cell: of its column, else row (Experiment.reference)
     metric: str = "test_acc"
     fallback_lambda: float | None = None       # stand-in where the paper states no λ (see notes)
 
@@ -264,16 +265,17 @@ class Experiment:
         return dataclasses.replace(self, cells=cells, notes=f"{self.notes} {note}".strip())
 
     def with_rows(self, rows: Sequence[str] | None) -> "Experiment":
-        """The same experiment with only the cells of ``rows`` (and each column's baseline, which
-        every comparison needs): e.g. a wider λ window for one method without rerunning the others.
-        ``None`` or empty keeps every row. Unknown names raise, listing the rows there are."""
+        """The same experiment with only the cells of ``rows`` (and the baselines they are compared
+        with): e.g. a wider λ window for one method without rerunning the others. ``None`` or empty
+        keeps every row. Unknown names raise, listing the rows there are."""
         if not rows:
             return self
         unknown = [r for r in rows if r not in self.rows]
         if unknown:
             raise ValueError(f"{self.name} has no row {', '.join(map(repr, unknown))}; "
                              f"rows: {', '.join(self.rows)}")
-        cells = tuple(c for c in self.cells if c.row in rows or c.baseline)
+        refs = {ref.key for c in self.cells if c.row in rows and (ref := self.reference(c)) is not None}
+        cells = tuple(c for c in self.cells if c.row in rows or c.key in refs)
         note = f"Only the rows {', '.join(rows)} (and the baselines)."
         return dataclasses.replace(self, cells=cells, only_rows=tuple(rows),
                                    notes=f"{self.notes} {note}".strip())

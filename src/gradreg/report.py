@@ -2,8 +2,8 @@
 
 The paper's protocol (Section 6.2): a number is the mean (std) of 10 runs on different random training
 subsets; λ is chosen by the best mean *dev* metric over a grid (phase 1, dev seeds), then the chosen λ
-is run on fresh seeds and reported on the test set (phase 2). Significance against the column's
-baseline is Welch's t-test (unequal variances), Bonferroni-corrected over the table's comparisons, as
+is run on fresh seeds and reported on the test set (phase 2). Significance against the cell's
+baseline (:meth:`~gradreg.experiments.Experiment.reference`) is Welch's t-test (unequal variances), Bonferroni-corrected over the table's comparisons, as
 Table 6 does. Nothing here ever looks at a test metric to choose anything.
 """
 from __future__ import annotations
@@ -255,7 +255,10 @@ def _reference_text(experiment: Experiment) -> str:
     if all(ref.column == c.column for c, ref in pairs):
         return "the column's baseline"
     if all(ref.row == c.row and ref.term is not None and ref.paper_lambda == 0 for c, ref in pairs):
-        return "the row's λ = 0 (each λ curve's own reference)"
+        return "λ = 0" if len({ref.key for _, ref in pairs}) == 1 else "the row's λ = 0 (each λ curve's own)"
+    if len({ref.key for _, ref in pairs}) == 1:
+        ref = pairs[0][1]
+        return f"the {ref.row} cell" + (f" ({ref.column})" if len(experiment.columns) > 1 else "")
     return "the cell's baseline (its column's, else its row's, else the table's only one)"
 
 

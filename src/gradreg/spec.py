@@ -16,7 +16,7 @@ describes an :class:`~gradreg.experiments.Experiment`: shared run settings, then
 
     [[cells]]
     row = "baseline"
-    baseline = true                     # the reference of the significance tests in its column
+    baseline = true                     # the reference of the significance tests (in its column)
 
     [[cells]]
     row = "SpectReg"

@@ -80,7 +80,7 @@ def default_workers(device: str = "auto") -> int:
 
 # -- one run, in whichever process trains it ------------------------------------------------------
 
-_DATASETS: dict[tuple[str, str | None], Any] = {}
+_DATASETS: dict[tuple[str, str | None, str | None], Any] = {}
 
 
 def _dataset(name: str, data_dir: str | os.PathLike | None) -> Any:
@@ -90,10 +90,13 @@ def _dataset(name: str, data_dir: str | os.PathLike | None) -> Any:
 
     try:
         fingerprint = data_fingerprint(name, data_dir)
-    except DataError:  # no file: load_dataset raises the full error below
+    except (DataError, OSError):  # no file: load_dataset raises the full error below
         fingerprint = None
-    cache_key = (name, None if data_dir is None else os.fspath(data_dir), fingerprint)
+    where = None if data_dir is None else os.fspath(data_dir)
+    cache_key = (name, where, fingerprint)
     if cache_key not in _DATASETS:
+        for old in [k for k in _DATASETS if k[:2] == (name, where)]:
+            del _DATASETS[old]  # an earlier version of the file: not needed again
         _DATASETS[cache_key] = load_dataset(name, data_dir)
     return _DATASETS[cache_key]
 
@@ -160,7 +163,7 @@ def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) ->
     for name in sorted({c.dataset for c in finished}):
         try:
             current = data_fingerprint(name, data_dir)
-        except DataError:  # no file: nothing to compare; runs that need it fail with this error
+        except (DataError, OSError):  # no file: nothing to compare; runs that need it fail with this error
             continue
         if current is None:
             continue
@@ -170,7 +173,7 @@ def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) ->
             n = sum(r["extras"].get("data_sha256") in other for r in rows)
             raise ValueError(f"{store.path}: {n} finished run(s) of this sweep were trained on another {name} data "
                              f"file (sha256 {', '.join(other)}; the file now: {current}), and run keys do not "
-                             f"tell data apart. Sweep into another database (--db) to keep both.")
+                             f"tell data apart. Sweep into another database (--db; db_path in Python) to keep both.")
 
 
 def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_dir: Any, device: str,
@@ -230,12 +233,18 @@ def _init_worker(threads: int, imports: tuple[str, ...]) -> None:
 
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import_plugins(imports)
+    try:
+        import_plugins(imports)
+    except Exception:  # raised here it would break the pool, reported as a crashed worker: see _pool_task
+        _WORKER["import_error"] = traceback.format_exc()
 
 
 def _pool_task(configs: list[RunConfig], db_path: str, data_dir: Any, device: str,
                retry_failed: bool) -> list[tuple[str, str]]:
     """One task in a pool worker; the store connection and owner id live as long as the worker."""
+    if "import_error" in _WORKER:
+        raise ValueError("imports: a sweep worker (a fresh process) could not import them, though this "
+                         "process could:\n" + _WORKER["import_error"])
     if _WORKER.get("path") != db_path:
         if "store" in _WORKER:
             _WORKER["store"].close()
