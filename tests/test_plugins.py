@@ -186,6 +186,7 @@ def test_a_worker_that_cannot_import_stops_the_sweep_with_its_error(tmp_path):
         assert store.counts().get("running", 0) == 0 and not store.rows(status="done")
 
 
+@pytest.mark.slow
 def test_ray_workers_import_the_plugin(plugin, tmp_path):
     try:
         import ray  # noqa: F401
