@@ -186,18 +186,6 @@ def test_a_worker_that_cannot_import_stops_the_sweep_with_its_error(tmp_path):
         assert store.counts().get("running", 0) == 0 and not store.rows(status="done")
 
 
-@pytest.mark.slow
-def test_ray_workers_import_the_plugin(plugin, tmp_path):
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        pytest.fail("ray is not installed, so the ray backend cannot be tested: pip install 'gradreg[ray]'")
-    name, path = plugin
-    summary = run_sweep([sin_config(name)], tmp_path / "runs.db", backend="ray", workers=1, progress=False,
-                        imports=[str(path)])
-    assert (summary.done, summary.failed) == (1, 0)
-
-
 def test_run_sweep_fails_on_a_missing_import_before_training(tmp_path):
     with pytest.raises(ValueError, match="imports: no file at"):
         run_sweep([sin_config("mlp")], tmp_path / "runs.db", progress=False, imports=[str(tmp_path / "x.py")])

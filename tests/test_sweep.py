@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import gradreg.sweep as sweep_mod
+from gradreg.models import MODELS
+from gradreg.plugins import import_plugins
 from gradreg.store import ResultStore, owner_id
 from gradreg.sweep import SweepSummary, default_workers, run_sweep
 from gradreg.train import RunConfig
@@ -186,19 +188,34 @@ def test_ray_backend(tmp_path):
         import ray  # noqa: F401
     except ImportError:
         pytest.fail("ray is not installed, so the ray backend cannot be tested: pip install 'gradreg[ray]'")
+    # One ray test per test process, covering the backend and its plugin imports: a second
+    # ray.init after ray.shutdown in one pytest process was seen to crash it later (a segfault).
     db, empty = tmp_path / "runs.db", tmp_path / "no-data"
     empty.mkdir()
+    plugin = tmp_path / "ray_plugin_model.py"  # registers a model ray's worker processes must import
+    plugin.write_text("import gradreg\nfrom torch import nn\n\n@gradreg.register_model('ray_plugin_mlp')\n"
+                      "def build(*, input_shape, num_outputs, batchnorm, dropout):\n"
+                      "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 4), nn.Tanh(), "
+                      "nn.Linear(4, num_outputs))\n")
     missing = RunConfig(dataset="mnist", overrides=(("steps", 10), ("eval_points", 1)), max_eval=50)
-    configs = [sin_config(0), sin_config(1), sin_config(0, lr=1e6), missing]
-    summary = run_sweep(configs, db, backend="ray", workers=2, data_dir=empty, device="cpu", progress=False)
-    assert (summary.done, summary.diverged, summary.failed) == (2, 1, 1)
-    with ResultStore(db) as store:
-        assert store.counts() == {"running": 0, "done": 2, "diverged": 1, "failed": 1}
-        assert "DataError" in store.get(missing.key())["error"]
-        done = store.rows(status="done")
-        assert all(r["device"] == "cpu" and r["versions"]["torch"] and r["curve"] for r in done)
-    again = run_sweep(configs, db, backend="ray", workers=2, data_dir=empty, progress=False)
-    assert again.skipped == 4 and again.done == 0
+    try:
+        import_plugins([plugin])
+        mine = RunConfig(dataset="sin", model="ray_plugin_mlp", overrides=(("steps", 20), ("eval_points", 1)))
+        configs = [sin_config(0), sin_config(1), sin_config(0, lr=1e6), missing, mine]
+        summary = run_sweep(configs, db, backend="ray", workers=2, data_dir=empty, device="cpu", progress=False,
+                            imports=[plugin])
+        assert (summary.done, summary.diverged, summary.failed) == (3, 1, 1)
+        with ResultStore(db) as store:
+            assert store.counts() == {"running": 0, "done": 3, "diverged": 1, "failed": 1}
+            assert "DataError" in store.get(missing.key())["error"]
+            assert store.get(mine.key())["status"] == "done"
+            done = store.rows(status="done")
+            assert all(r["device"] == "cpu" and r["versions"]["torch"] and r["curve"] for r in done)
+        again = run_sweep(configs, db, backend="ray", workers=2, data_dir=empty, progress=False, imports=[plugin])
+        assert again.skipped == 5 and again.done == 0
+    finally:
+        MODELS.pop("ray_plugin_mlp", None)
+        sys.modules.pop("ray_plugin_model", None)
 
 
 def test_a_sweep_refuses_finished_runs_of_an_edited_data_file(tmp_path):
