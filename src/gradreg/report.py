@@ -3,8 +3,9 @@
 The paper's protocol (Section 6.2): a number is the mean (std) of 10 runs on different random training
 subsets; λ is chosen by the best mean *dev* metric over a grid (phase 1, dev seeds), then the chosen λ
 is run on fresh seeds and reported on the test set (phase 2). Significance against the cell's
-baseline (:meth:`~gradreg.experiments.Experiment.reference`) is Welch's t-test (unequal variances), Bonferroni-corrected over the table's comparisons, as
-Table 6 does. Nothing here ever looks at a test metric to choose anything.
+baseline (:meth:`~gradreg.experiments.Experiment.reference`) is Welch's t-test (unequal variances),
+Bonferroni-corrected over the table's comparisons, as Table 6 does. Nothing here ever looks at a
+test metric to choose anything.
 """
 from __future__ import annotations
 

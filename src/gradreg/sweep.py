@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .grouped import group_key, groupable, train_group
-from .plugins import import_plugins, resolve_imports
+from .plugins import Imports, import_plugins, resolve_imports
 from .store import ResultStore, owner_id, runtime_versions
 from .train import RunConfig, RunResult, resolve_device, train
 
@@ -518,7 +518,7 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.PathLike, *, workers: int = 1,
               threads: int = 1, backend: str = "local", address: str | None = None, data_dir: Any = None,
               device: str = "auto", retry_failed: bool = False, group_size: int | None = None,
-              progress: bool = True, imports: Iterable[str] = ()) -> SweepSummary:
+              progress: bool = True, imports: Imports = ()) -> SweepSummary:
     """Train every config not yet finished in the store at ``db_path``; returns what was done.
 
     ``workers``: tasks trained at once (see :func:`default_workers`); ``threads``: torch threads per
