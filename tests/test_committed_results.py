@@ -26,6 +26,8 @@ COMMITTED = [
      "table4_SpectReg_selected"),
     (["table6"], "mnist.db", "table6"),
     ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
+    ([str(RESULTS / "specs" / "table4_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "5"], "mnist.db",
+     "table4_datagrad_dev"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
     (["sin_lownoise"], "sin_lownoise.db", "sin_lownoise"),
