@@ -296,6 +296,33 @@ def test_cli_row_restricts_sweep_and_report_to_one_method(table4_grid_store, mon
         "table4_SpectReg_dev.png", "table4_SpectReg_selected.png"]
 
 
+def test_figure2_gain_is_each_methods_difference_from_its_sizes_baseline(tmp_path):
+    """The gain panel's points and error bars: mean - baseline mean at the same size, and
+    sqrt(s²/n + s_ref²/n_ref); a size whose baseline has a single run has no gain to draw."""
+    from gradreg.plots import gain_series
+
+    exp = get_experiment("figure2")
+    offsets = {"Baseline": 0.0, "DataGrad": 0.5, "SpectReg": 0.3}
+    spread = {"Baseline": 0.1, "DataGrad": 0.2, "SpectReg": 0.05}
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in exp.plan(seeds=3):
+            row, col = p.cell.key
+            if row not in offsets or col not in ("500", "2000") or (col == "2000" and p.seed > 0):
+                continue
+            put(store, p.config, test_acc=90.0 + offsets[row] + spread[row] * p.seed)
+        stats = collect(exp, store, seeds=3)
+    gains = gain_series(exp, stats)
+    assert set(gains) == {"DataGrad", "SpectReg"}
+    (x, d, se), = gains["DataGrad"]
+    assert x == 500 and d == pytest.approx(0.5 + 0.2 - 0.1)
+    assert se == pytest.approx(math.sqrt(0.2 ** 2 / 3 + 0.1 ** 2 / 3))
+    (x, d, se), = gains["SpectReg"]
+    assert d == pytest.approx(0.3 + 0.05 - 0.1) and se == pytest.approx(math.sqrt(0.05 ** 2 / 3 + 0.1 ** 2 / 3))
+    with ResultStore(tmp_path / "r.db") as store:
+        files = plot_experiment(exp, store, tmp_path / "fig", seeds=3)
+    assert all(f.stat().st_size > 0 for f in files)
+
+
 def test_paired_p_matches_scipy_on_shared_seeds_only():
     from scipy import stats as sps
     from gradreg.report import paired_p

@@ -1,10 +1,11 @@
 """The paper's figures from the results store (matplotlib, saved as PNG and SVG).
 
-figure2: test accuracy against training-set size per method; figure3: learning curves; figure4:
-accuracy and squared weight norm against the DataGrad λ per weight decay; figure5/figure6 (and table7):
-SIN fits for several λ with the training points and the true function. Any other experiment gets a
-generic plot of its cells (ours with std error bars, the paper's values as open markers). Phase 1 of
-a λ selection (``lambdas="grid"``) draws the dev metric against λ per tuned cell, as ``<name>_dev``.
+figure2: test accuracy against training-set size per method, and each method's gain over the baseline;
+figure3: learning curves; figure4: accuracy and squared weight norm against the DataGrad λ per weight
+decay; figure5/figure6 (and table7): SIN fits for several λ with the training points and the true
+function. Any other experiment gets a generic plot of its cells (ours with std error bars, the paper's
+values as open markers). Phase 1 of a λ selection (``lambdas="grid"``) draws the dev metric against λ
+per tuned cell, as ``<name>_dev``.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .experiments import Experiment
 from .report import CellStats, collect, dev_metric, dev_seed_count, grid_stats
 from .store import ResultStore
 
-__all__ = ["plot_experiment"]
+__all__ = ["gain_series", "plot_experiment"]
 
 
 METRIC_LABELS = {"test_acc": "test accuracy (%)", "test_mse": "test MSE", "train_mse": "train MSE",
@@ -76,16 +77,51 @@ def _errorbar_series(ax, series, metric_scale: float = 1.0, with_paper: bool = T
                     marker="s", mfc="none", alpha=0.7, label=f"{row} (paper)")
 
 
+def gain_series(experiment: Experiment, stats: list[CellStats]) -> dict[str, list[tuple[float, float, float]]]:
+    """{row: [(x, Δ, se)]}: each compared cell's mean minus its baseline's mean (the report's ``delta``,
+    against :meth:`Experiment.reference`) with the standard error of that difference, sqrt(s²/n + s_ref²/n_ref),
+    the one Welch's test divides by. Cells with fewer than two runs on either side are left out."""
+    by_key = {st.cell.key: st for st in stats}
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for st in stats:
+        ref_cell = experiment.reference(st.cell)
+        x = _num(st.cell.column)
+        if ref_cell is None or x is None or st.delta is None:
+            continue
+        ref = by_key[ref_cell.key]
+        se = math.sqrt(st.std ** 2 / st.n + ref.std ** 2 / ref.n)
+        out.setdefault(st.cell.row, []).append((x, st.delta, se))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def _figure_sizes(experiment, stats, store, out_dir):
+    """Left: accuracy against training-set size, as the paper draws it. Right: each method's gain over
+    the baseline at the same size, whose differences (tenths of a point) the left panel's range (several
+    points from 500 to 20000 examples) flattens."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    _errorbar_series(ax, _series(experiment, stats))
-    ax.set_xscale("log")
-    ax.set_xlabel("training-set size")
+    fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(12, 4.4))
+    series = _series(experiment, stats)
+    colors = {row: f"C{i}" for i, row in enumerate(series)}
+    _errorbar_series(ax, series)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(experiment.title, fontsize=10)
-    _legend(ax, fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    gains = gain_series(experiment, stats)
+    for i, (row, points) in enumerate(gains.items()):
+        # Nudge each method sideways (a few % on the log axis) so that error bars at one size don't hide each other.
+        shift = 1.0 + 0.04 * (i - (len(gains) - 1) / 2)
+        gain_ax.errorbar([x * shift for x, _, _ in points], [d for _, d, _ in points],
+                         yerr=[se for _, _, se in points], color=colors[row], marker="o", capsize=3, label=row)
+    gain_ax.axhline(0.0, color="0.4", lw=1)
+    gain_ax.set_ylabel("gain over the baseline (points, ± 1 s.e.)")
+    sizes = sorted({x for points in series.values() for x, st in points if st.n})
+    for a in (ax, gain_ax):
+        a.set_xscale("log")
+        if sizes:  # the sizes run, in plain numbers, not log-axis powers of ten
+            a.set_xticks(sizes, [f"{x:g}" for x in sizes])
+            a.minorticks_off()
+        a.set_xlabel("training-set size")
+        a.grid(alpha=0.3)
+        _legend(a, fontsize=7, ncol=2 if a is ax else 1)
+    fig.suptitle(experiment.title, fontsize=10)
     return fig
 
 
