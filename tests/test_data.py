@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -530,6 +531,20 @@ def test_npz_fingerprint_follows_the_files_bytes(tmp_path):
     assert data_fingerprint("sin") is None and load_dataset("sin").fingerprint is None  # fixed by the name
     with pytest.raises(DataError, match="npz dataset not found"):
         data_fingerprint("npz", tmp_path / "elsewhere")
+
+
+def test_file_hash_sees_a_same_size_edit_that_restores_the_mtime(tmp_path):
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"a" * 64)
+    before = path.stat()
+    first = data_mod.file_sha256(path)
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick, so the status-change time moves
+    path.write_bytes(b"b" * 64)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    assert data_mod.file_sha256(path) == hashlib.sha256(b"b" * 64).hexdigest()[:16] != first
 
 
 def test_a_registered_dataset_can_have_a_fingerprint(tmp_path, monkeypatch):

@@ -176,10 +176,12 @@ _FILE_HASHES: dict[tuple, str] = {}
 
 def file_sha256(path: str | os.PathLike, data: bytes | None = None) -> str:
     """The first 16 hex digits of ``path``'s sha256 (of ``data``, its bytes, where already read);
-    remembered per path, size, inode and modification time, so a sweep re-reads nothing unchanged."""
+    remembered per path, size, inode, modification and status-change time, so a sweep re-reads nothing
+    unchanged. The status-change time (ctime) is in the key because no one can set it: an edit that keeps
+    the size and puts the old mtime back (``os.utime``, ``cp -p``, ``touch -r``) still moves it."""
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
     if data is not None or key not in _FILE_HASHES:
         if data is None:
             digest = hashlib.sha256()
