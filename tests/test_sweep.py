@@ -129,6 +129,51 @@ def test_resume_after_kill_9(tmp_path):
     assert {k: after[k] for k in before} == before  # finished runs were not trained again
 
 
+_TERM_SCRIPT = """
+import sys
+from gradreg.sweep import run_sweep
+from gradreg.train import RunConfig
+if __name__ == "__main__":
+    configs = [RunConfig(dataset="sin", seed=s, overrides=(("steps", 100000), ("eval_points", 1))) for s in range(4)]
+    run_sweep(configs, sys.argv[1], workers=2, threads=1, group_size=1, progress=False)
+"""
+
+
+def test_sigterm_stops_the_pool_workers_and_releases_their_runs(tmp_path):
+    db, script, workers = tmp_path / "runs.db", tmp_path / "term.py", set()
+    script.write_text(textwrap.dedent(_TERM_SCRIPT))  # a file: spawned workers re-import the main module
+    proc = subprocess.Popen([sys.executable, str(script), str(db)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not db.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with ResultStore(db) as store:
+            while len(store.rows(status="running")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            workers = {int(r["owner"].split(":")[1]) for r in store.rows(status="running")}
+            assert proc.poll() is None and len(workers) == 2, proc.stderr.read().decode() if proc.poll() else ""
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+            assert store.counts()["running"] == 0  # the killed runs' rows are gone, not left claimed
+        assert not {pid for pid in workers if _alive(pid)}  # no worker left training on its own
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+        for pid in workers:  # where the test failed, leave no orphan training for 100,000 steps
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_local_process_pool(tmp_path):
     db = tmp_path / "runs.db"
     configs = [sin_config(s) for s in range(4)]

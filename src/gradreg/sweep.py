@@ -502,6 +502,28 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 @contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's preemption) raised as SystemExit(143) in this thread while
+    the sweep runs, so that it stops the workers and removes the unfinished runs' rows as Ctrl-C does,
+    instead of ending this process alone and leaving its pool workers training. Python lets only the
+    main thread set handlers; called from another thread this changes nothing."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
 def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
@@ -529,7 +551,8 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     again. ``imports``: modules or ``.py`` files that register your own models, datasets or
     regularizers, imported here and in every worker before it trains (:mod:`gradreg.plugins`). A run
     that raises is recorded as failed and the sweep goes on; Ctrl-C removes the interrupted runs'
-    rows and re-raises.
+    rows, stops the workers and re-raises, and SIGTERM does the same, raised as ``SystemExit(143)``
+    (called from the main thread).
 
     With ``workers > 1`` (local backend) the workers are spawned, so they import the caller's main
     module: a script must call this under ``if __name__ == "__main__":``.
@@ -554,7 +577,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         todo = [c for c in todo if known.get(c.key()) not in finished]
         summary.skipped = summary.total - len(todo)
         tasks = plan_tasks(todo, group_size=group_size, workers=workers, device=device) if todo else []
-        with _progress_bar(len(todo), progress and bool(todo)) as bar:
+        with _progress_bar(len(todo), progress and bool(todo)) as bar, _sigterm_as_exit():
 
             def record(key: str, outcome: str) -> None:
                 setattr(summary, outcome, getattr(summary, outcome) + 1)
