@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,6 +322,20 @@ def test_figure2_gain_is_each_methods_difference_from_its_sizes_baseline(tmp_pat
     with ResultStore(tmp_path / "r.db") as store:
         files = plot_experiment(exp, store, tmp_path / "fig", seeds=3)
     assert all(f.stat().st_size > 0 for f in files)
+
+
+def test_an_experiment_file_over_training_set_sizes_gets_figure2s_plot(tmp_path, monkeypatch):
+    from gradreg import plots
+    from gradreg.spec import load_experiment
+
+    drawn = []
+    real = plots._figure_sizes
+    monkeypatch.setattr(plots, "_figure_sizes", lambda *a: drawn.append(a[0].name) or real(*a))
+    spec = load_experiment(Path(__file__).resolve().parents[1] / "results" / "specs" / "figure2_devpicked.toml")
+    with ResultStore(tmp_path / "r.db") as store:
+        for exp in (spec, get_experiment("figure2"), get_experiment("table4"), get_experiment("table7")):
+            plot_experiment(exp, store, tmp_path / "fig", seeds=1)
+    assert drawn == ["figure2_devpicked", "figure2"]  # not table4 (setups) nor table7 (λ columns)
 
 
 def test_paired_p_matches_scipy_on_shared_seeds_only():

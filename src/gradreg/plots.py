@@ -1,11 +1,11 @@
 """The paper's figures from the results store (matplotlib, saved as PNG and SVG).
 
-figure2: test accuracy against training-set size per method, and each method's gain over the baseline;
-figure3: learning curves; figure4: accuracy and squared weight norm against the DataGrad λ per weight
-decay; figure5/figure6 (and table7): SIN fits for several λ with the training points and the true
-function. Any other experiment gets a generic plot of its cells (ours with std error bars, the paper's
-values as open markers). Phase 1 of a λ selection (``lambdas="grid"``) draws the dev metric against λ
-per tuned cell, as ``<name>_dev``.
+figure2 (and any experiment whose columns are training-set sizes): test accuracy against training-set
+size per method, and each method's gain over the baseline; figure3: learning curves; figure4: accuracy
+and squared weight norm against the DataGrad λ per weight decay; figure5/figure6 (and table7): SIN fits
+for several λ with the training points and the true function. Any other experiment gets a generic plot
+of its cells (ours with std error bars, the paper's values as open markers). Phase 1 of a λ selection
+(``lambdas="grid"``) draws the dev metric against λ per tuned cell, as ``<name>_dev``.
 """
 from __future__ import annotations
 
@@ -92,6 +92,13 @@ def gain_series(experiment: Experiment, stats: list[CellStats]) -> dict[str, lis
         se = math.sqrt(st.std ** 2 / st.n + ref.std ** 2 / ref.n)
         out.setdefault(st.cell.row, []).append((x, st.delta, se))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def _columns_are_train_sizes(experiment: Experiment) -> bool:
+    """True when every column is its cells' training-set size (Figure 2's layout, also in an experiment
+    file), so that such a file gets Figure 2's plot."""
+    return len({c.column for c in experiment.cells}) > 1 and all(
+        _num(c.column) == c.config.train_size for c in experiment.cells)
 
 
 def _figure_sizes(experiment, stats, store, out_dir):
@@ -294,7 +301,7 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
     if lambdas == "selected":
         experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")
-    if name == "figure2":
+    if name == "figure2" or _columns_are_train_sizes(experiment):
         fig = _figure_sizes(experiment, stats, store, out_dir)
     elif name == "figure3":
         fig = _figure_curves(experiment, stats, store, out_dir)
