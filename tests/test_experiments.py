@@ -114,6 +114,27 @@ def test_with_rows_keeps_those_rows_and_the_baselines(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_with_reference_row_compares_with_that_rows_cell_and_keeps_the_runs(name):
+    e = get_experiment(name)
+    assert e.with_reference_row(None) is e
+    row = e.rows[-1]
+    vs = e.with_reference_row(row)
+    assert vs.runs(seeds=2) == e.runs(seeds=2) and vs.reference_row == row
+    own = {c.column: c for c in vs.cells if c.row == row}
+    for c in vs.cells:
+        ref = vs.reference(c)
+        if c.row == row:
+            assert ref is None
+        elif c.column in own:
+            assert ref == own[c.column]
+    # --row after it keeps the reference row's cells for the comparisons
+    both = vs.with_rows([e.rows[0]])
+    assert {c.key for c in both.cells} >= {c.key for c in vs.cells if c.row == e.rows[0]}
+    with pytest.raises(ValueError, match=f"no row 'nope'; rows: {e.rows[0]}"):
+        e.with_reference_row("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_grid_window_narrows_tuned_grids_around_the_paper_lambda(name):
     e = get_experiment(name)
     assert e.with_grid_window(None) is e

@@ -82,6 +82,27 @@ def test_report_numbers_are_exact(table4_store):
     assert spect.delta == pytest.approx(0.5)
 
 
+def test_against_a_row_compares_every_cell_with_that_rows_cell(table4_store, tmp_path):
+    from scipy import stats as sps
+
+    exp, db, values = table4_store
+    vs = exp.with_reference_row("SpectReg")
+    with ResultStore(db) as store:
+        stats = {st.cell.key: st for st in collect(vs, store, seeds=3)}
+    dg, spect = ("DataGrad", "WD=0.0005"), ("SpectReg", "WD=0.0005")
+    assert stats[dg].delta == pytest.approx(0.5)
+    raw = sps.ttest_ind(values[dg], values[spect], equal_var=False).pvalue
+    assert stats[dg].p_value == pytest.approx(min(1.0, 4 * raw))  # NoGR and DataGrad, 2 columns
+    assert stats[("NoGR", "no WD")].delta == pytest.approx(-0.5) and stats[spect].p_value is None
+    assert "against the column's SpectReg cell" in markdown_table(vs, list(stats.values()))
+    res = runner.invoke(app, ["report", "table4", "--seeds", "3", "--db", str(db), "--against", "SpectReg",
+                              "--csv", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0 and "against the column's SpectReg cell" in res.output
+    fig = runner.invoke(app, ["plot", "table4", "--seeds", "3", "--db", str(db), "--against", "SpectReg",
+                              "--out", str(tmp_path / "fig")])
+    assert fig.exit_code == 0 and (tmp_path / "fig" / "table4_vs-SpectReg.png").exists()
+
+
 def test_markdown_and_csv_show_ours_and_the_papers(table4_store, tmp_path):
     exp, db, _ = table4_store
     with ResultStore(db) as store:
@@ -450,6 +471,8 @@ def test_experiment_database_is_its_first_cells_dataset():
     (["report", "table7", "--db", "/nonexistent/r.db"], "no results database"),
     (["sweep", "table7", "--lambdas", "best", "--smoke"], "--lambdas must be"),
     (["sweep", "table7", "--seeds", "1000", "--smoke"], "seeds must lie in [1, 1000)"),
+    (["report", "table4", "--against", "Dropout"], "table4 has no row 'Dropout'; rows: NoGR"),
+    (["plot", "table4", "--lambdas", "grid", "--against", "SpectReg"], "--against compares the paper"),
 ])
 def test_cli_errors(args, match, tmp_path):
     res = runner.invoke(app, args)

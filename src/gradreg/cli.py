@@ -137,14 +137,21 @@ def _row_option():
                                           "the baselines are kept for the comparisons (default: every row)")
 
 
+def _against_option():
+    return typer.Option(None, "--against", metavar="ROW",
+                        help="compare each cell with this row's cell of its column instead of the baseline "
+                             "(p and gain), e.g. --against SpectReg; not for the grid phase")
+
+
 def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,
-                rows: list[str] | None = None):
+                rows: list[str] | None = None, against: str | None = None):
     from .experiments import get_experiment
     from .spec import is_spec_path, load_experiment
     try:
         exp = load_experiment(name) if is_spec_path(name) else get_experiment(name)
         exp = exp.with_overrides(dict(_parse_pairs(set_ or [], "--set")))
-        return exp.with_grid_window(grid_window).with_rows(rows)
+        # The reference row first, so that --row keeps the cells it is compared with.
+        return exp.with_grid_window(grid_window).with_reference_row(against).with_rows(rows)
     except ValueError as e:
         _fail(str(e))
 
@@ -275,6 +282,7 @@ def report(
     grid_window: Optional[int] = _window_option(),
     dev_seeds: Optional[int] = _dev_seeds_option(),
     row: List[str] = _row_option(),
+    against: Optional[str] = _against_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
@@ -284,10 +292,12 @@ def report(
     from .report import (collect, dev_seed_count, grid_stats, markdown_grid_table, markdown_table, write_csv,
                          write_grid_csv)
 
-    exp = _experiment(experiment, set_, grid_window, row)
+    exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp)
     if lambdas == "grid" and smoke:
         _fail("--smoke reports the paper or selected phase, not the grid")
+    if lambdas == "grid" and against:
+        _fail("--against compares the paper or selected phase; the grid phase compares each λ with the chosen one")
     with _existing_store(db, experiment) as store:
         try:
             if lambdas == "grid":
@@ -318,14 +328,17 @@ def plot(
     grid_window: Optional[int] = _window_option(),
     dev_seeds: Optional[int] = _dev_seeds_option(),
     row: List[str] = _row_option(),
+    against: Optional[str] = _against_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
     from .plots import plot_experiment
 
-    exp = _experiment(experiment, set_, grid_window, row)
+    exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp)
+    if lambdas == "grid" and against:
+        _fail("--against compares the paper or selected phase; the grid phase compares each λ with the chosen one")
     with _existing_store(db, experiment) as store:
         try:
             paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)

@@ -166,6 +166,7 @@ class Experiment:
     kind: str = "table"               # "table" or "figure"
     notes: str = ""                   # the caption's setup, deviations, how λ values were read
     only_rows: tuple[str, ...] = ()   # set by with_rows: the rows kept (besides the baselines)
+    reference_row: str = ""           # set by with_reference_row: the row compared with instead of the baselines
     db_name: str | None = None        # the default results database's name; None: see ``database``
     imports: tuple[str, ...] = ()     # modules/.py files registering the user's components (gradreg.plugins)
 
@@ -279,6 +280,19 @@ class Experiment:
         note = f"Only the rows {', '.join(rows)} (and the baselines)."
         return dataclasses.replace(self, cells=cells, only_rows=tuple(rows),
                                    notes=f"{self.notes} {note}".strip())
+
+    def with_reference_row(self, row: str | None) -> "Experiment":
+        """The same experiment compared with ``row``'s cell of each column instead of its baselines: the
+        p-values and gains of a report or plot then say whether, e.g., DataGrad beats SpectReg at every
+        training-set size. The runs and their keys are unchanged. ``None`` keeps the baselines; an unknown
+        name raises, listing the rows there are."""
+        if not row:
+            return self
+        if row not in self.rows:
+            raise ValueError(f"{self.name} has no row {row!r}; rows: {', '.join(self.rows)}")
+        cells = tuple(dataclasses.replace(c, baseline=c.row == row) for c in self.cells)
+        note = f"Each cell compared with the {row} cell of its column, not with the baseline."
+        return dataclasses.replace(self, cells=cells, reference_row=row, notes=f"{self.notes} {note}".strip())
 
     # --- runs -------------------------------------------------------------------------------------
 

@@ -53,6 +53,10 @@ def _num(label: str) -> float | None:
         return None
 
 
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label)
+
+
 def _series(experiment: Experiment, stats: list[CellStats]):
     """{row: [(x, stats)]} with numeric x from the column labels, sorted."""
     out: dict[str, list[tuple[float, CellStats]]] = {}
@@ -118,7 +122,7 @@ def _figure_sizes(experiment, stats, store, out_dir):
         gain_ax.errorbar([x * shift for x, _, _ in points], [d for _, d, _ in points],
                          yerr=[se for _, _, se in points], color=colors[row], marker="o", capsize=3, label=row)
     gain_ax.axhline(0.0, color="0.4", lw=1)
-    gain_ax.set_ylabel("gain over the baseline (points, ± 1 s.e.)")
+    gain_ax.set_ylabel(f"gain over {experiment.reference_row or 'the baseline'} (points, ± 1 s.e.)")
     sizes = sorted({x for points in series.values() for x, st in points if st.n})
     for a in (ax, gain_ax):
         a.set_xscale("log")
@@ -286,12 +290,14 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
 
     ``lambdas="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds.
-    Files are named ``<experiment>[_<row>...][_dev|_selected].png`` (and ``.svg``): the paper-λ figure,
-    phase 1 and phase 2 of each row subset (``Experiment.with_rows``) each get their own.
+    Files are named ``<experiment>[_<row>...][_vs-<row>][_dev|_selected].png`` (and ``.svg``): the
+    paper-λ figure, phase 1 and phase 2 of each row subset (``Experiment.with_rows``) and reference row
+    (``Experiment.with_reference_row``) each get their own.
     """
     name = experiment.name
-    # one file per phase and row subset, so that no plot overwrites another's figure
-    stem = "_".join([name, *(re.sub(r"[^A-Za-z0-9.]+", "-", r) for r in experiment.only_rows)])
+    # one file per phase, row subset and reference row, so that no plot overwrites another's figure
+    stem = "_".join([name, *map(_slug, experiment.only_rows),
+                     *([f"vs-{_slug(experiment.reference_row)}"] if experiment.reference_row else [])])
     if lambdas == "grid":
         stats, chosen = grid_stats(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         fig = _figure_grid(experiment, stats, chosen)

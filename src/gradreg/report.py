@@ -254,7 +254,7 @@ def _reference_text(experiment: Experiment) -> str:
     """What the table's p-values compare with, in words (:meth:`Experiment.reference`)."""
     pairs = [(c, ref) for c in experiment.cells if (ref := experiment.reference(c)) is not None]
     if all(ref.column == c.column for c, ref in pairs):
-        return "the column's baseline"
+        return f"the column's {experiment.reference_row} cell" if experiment.reference_row else "the column's baseline"
     if all(ref.row == c.row and ref.term is not None and ref.paper_lambda == 0 for c, ref in pairs):
         return "λ = 0" if len({ref.key for _, ref in pairs}) == 1 else "the row's λ = 0 (each λ curve's own)"
     if len({ref.key for _, ref in pairs}) == 1:
