@@ -1,6 +1,7 @@
 """The paper's experiments as data: run counts, keys, seeds, smoke runs and a few exact paper values."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -128,8 +129,14 @@ def test_with_reference_row_compares_with_that_rows_cell_and_keeps_the_runs(name
         elif c.column in own:
             assert ref == own[c.column]
     # --row after it keeps the reference row's cells for the comparisons
+    first_cols = {c.column for c in vs.cells if c.row == e.rows[0]}
     both = vs.with_rows([e.rows[0]])
-    assert {c.key for c in both.cells} >= {c.key for c in vs.cells if c.row == e.rows[0]}
+    assert {c.key for c in both.cells} >= {(row, col) for col in first_cols & set(own)}
+    # a column without a cell of the row: no comparison there, not one with another column's cell
+    kept = next(c.column for c in e.cells if c.row == row)
+    partial = dataclasses.replace(e, cells=tuple(c for c in e.cells if c.row != row or c.column == kept))
+    only_kept = partial.with_reference_row(row)
+    assert all(only_kept.reference(c) is None for c in only_kept.cells if c.column != kept)
     with pytest.raises(ValueError, match=f"no row 'nope'; rows: {e.rows[0]}"):
         e.with_reference_row("nope")
 

@@ -98,6 +98,8 @@ def test_against_a_row_compares_every_cell_with_that_rows_cell(table4_store, tmp
     res = runner.invoke(app, ["report", "table4", "--seeds", "3", "--db", str(db), "--against", "SpectReg",
                               "--csv", str(tmp_path / "t.csv")])
     assert res.exit_code == 0 and "against the column's SpectReg cell" in res.output
+    assert "DataGrad,WD=0.0005," in (csv_text := (tmp_path / "t.csv").read_text())
+    assert ",SpectReg / WD=0.0005," in csv_text and ",NoGR / " not in csv_text
     fig = runner.invoke(app, ["plot", "table4", "--seeds", "3", "--db", str(db), "--against", "SpectReg",
                               "--out", str(tmp_path / "fig")])
     assert fig.exit_code == 0 and (tmp_path / "fig" / "table4_vs-SpectReg.png").exists()
@@ -115,6 +117,10 @@ def test_markdown_and_csv_show_ours_and_the_papers(table4_store, tmp_path):
     assert (tmp_path / "t.csv").read_text() == csv_text
     assert csv_text.splitlines()[0].startswith("experiment,row,column,metric")
     assert len(csv_text.splitlines()) == 1 + len(exp.cells)
+    import csv
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(csv_text.splitlines())}
+    assert rows[("SpectReg", "WD=0.0005")]["reference"] == "NoGR / WD=0.0005"
+    assert rows[("NoGR", "WD=0.0005")]["reference"] == ""
 
 
 def test_missing_runs_are_counted_not_hidden(tmp_path):
@@ -347,16 +353,26 @@ def test_figure2_gain_is_each_methods_difference_from_its_sizes_baseline(tmp_pat
 
 def test_an_experiment_file_over_training_set_sizes_gets_figure2s_plot(tmp_path, monkeypatch):
     from gradreg import plots
-    from gradreg.spec import load_experiment
+    from gradreg.spec import experiment_from_dict
 
     drawn = []
     real = plots._figure_sizes
     monkeypatch.setattr(plots, "_figure_sizes", lambda *a: drawn.append(a[0].name) or real(*a))
-    spec = load_experiment(Path(__file__).resolve().parents[1] / "results" / "specs" / "figure2_devpicked.toml")
+
+    def spec(name, columns):  # a baseline and SpectReg per column, train_size as given
+        return experiment_from_dict({"name": name, "run": {"dataset": "mnist"}, "cells": [
+            {"row": row, "column": col, "run": {"train_size": size} if size else {}, **kw}
+            for col, size in columns for row, kw in (("base", {"baseline": True}),
+                                                     ("SpectReg", {"term": "spectreg", "lambda": 0.01}))]})
+
+    sizes = spec("by_size", [("500", 500), ("1000", 1000)])
+    named = spec("by_name", [("small", 500), ("large", 1000)])
+    full = spec("full_sets", [("MNIST", None), ("CIFAR", None)])  # no number, no size: not a size figure
     with ResultStore(tmp_path / "r.db") as store:
-        for exp in (spec, get_experiment("figure2"), get_experiment("table4"), get_experiment("table7")):
+        for exp in (sizes, named, full, get_experiment("figure2"), get_experiment("table4"),
+                    get_experiment("table7")):
             plot_experiment(exp, store, tmp_path / "fig", seeds=1)
-    assert drawn == ["figure2_devpicked", "figure2"]  # not table4 (setups) nor table7 (λ columns)
+    assert drawn == ["by_size", "figure2"]  # not table4 (setups) nor table7 (λ columns)
 
 
 def test_paired_p_matches_scipy_on_shared_seeds_only():

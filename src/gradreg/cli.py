@@ -140,7 +140,8 @@ def _row_option():
 def _against_option():
     return typer.Option(None, "--against", metavar="ROW",
                         help="compare each cell with this row's cell of its column instead of the baseline "
-                             "(p and gain), e.g. --against SpectReg; not for the grid phase")
+                             "(p, the CSV's delta, the plot's gains), e.g. --against SpectReg; not for "
+                             "the grid phase")
 
 
 def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,

@@ -177,8 +177,9 @@ _FILE_HASHES: dict[tuple, str] = {}
 def file_sha256(path: str | os.PathLike, data: bytes | None = None) -> str:
     """The first 16 hex digits of ``path``'s sha256 (of ``data``, its bytes, where already read);
     remembered per path, size, inode, modification and status-change time, so a sweep re-reads nothing
-    unchanged. The status-change time (ctime) is in the key because no one can set it: an edit that keeps
-    the size and puts the old mtime back (``os.utime``, ``cp -p``, ``touch -r``) still moves it."""
+    unchanged. The POSIX status-change time (ctime) is in the key because no call sets it back: an edit
+    that keeps the size and restores the old mtime (``os.utime``, ``cp -p``, ``touch -r``) still moves
+    it. (On Windows st_ctime is the creation time, which does not.)"""
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)

@@ -219,10 +219,13 @@ class Experiment:
     def reference(self, cell: Cell) -> Cell | None:
         """The baseline ``cell`` is compared with: its column's; else its row's (a λ curve's λ = 0 cell,
         where several curves share the λ columns); else the experiment's only baseline. Two baselines
-        at the first of these levels that has any make the reference ambiguous: a ValueError."""
+        at the first of these levels that has any make the reference ambiguous: a ValueError. With a
+        ``reference_row`` (:meth:`with_reference_row`), only that row's cell of the same column, else None."""
         if cell.baseline:
             return None
         baselines = [c for c in self.cells if c.baseline]
+        if self.reference_row:
+            return next((c for c in baselines if c.column == cell.column), None)
         for level, found in (("column", [c for c in baselines if c.column == cell.column]),
                              ("row", [c for c in baselines if c.row == cell.row])):
             if len(found) > 1:
@@ -284,8 +287,8 @@ class Experiment:
     def with_reference_row(self, row: str | None) -> "Experiment":
         """The same experiment compared with ``row``'s cell of each column instead of its baselines: the
         p-values and gains of a report or plot then say whether, e.g., DataGrad beats SpectReg at every
-        training-set size. The runs and their keys are unchanged. ``None`` keeps the baselines; an unknown
-        name raises, listing the rows there are."""
+        training-set size. A column without a cell of ``row`` has no comparisons. The runs and their keys
+        are unchanged. ``None`` keeps the baselines; an unknown name raises, listing the rows there are."""
         if not row:
             return self
         if row not in self.rows:

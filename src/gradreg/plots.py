@@ -102,27 +102,32 @@ def _columns_are_train_sizes(experiment: Experiment) -> bool:
     """True when every column is its cells' training-set size (Figure 2's layout, also in an experiment
     file), so that such a file gets Figure 2's plot."""
     return len({c.column for c in experiment.cells}) > 1 and all(
-        _num(c.column) == c.config.train_size for c in experiment.cells)
+        (x := _num(c.column)) is not None and x == c.config.train_size for c in experiment.cells)
 
 
 def _figure_sizes(experiment, stats, store, out_dir):
-    """Left: accuracy against training-set size, as the paper draws it. Right: each method's gain over
-    the baseline at the same size, whose differences (tenths of a point) the left panel's range (several
-    points from 500 to 20000 examples) flattens."""
+    """Left: the metric against training-set size, as the paper draws it. Right: each method's
+    difference from the baseline at the same size, whose size (tenths of a point for Figure 2) the left
+    panel's range (several points from 500 to 20000 examples) flattens."""
     plt = _pyplot()
     fig, (ax, gain_ax) = plt.subplots(1, 2, figsize=(12, 4.4))
+    metric = experiment.cells[0].metric
+    scale = 1e5 if metric.endswith("mse") else 1.0
     series = _series(experiment, stats)
     colors = {row: f"C{i}" for i, row in enumerate(series)}
-    _errorbar_series(ax, series)
-    ax.set_ylabel("test accuracy (%)")
+    _errorbar_series(ax, series, scale)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + (" (1e-5)" if scale != 1 else ""))
     gains = gain_series(experiment, stats)
     for i, (row, points) in enumerate(gains.items()):
         # Nudge each method sideways (a few % on the log axis) so that error bars at one size don't hide each other.
         shift = 1.0 + 0.04 * (i - (len(gains) - 1) / 2)
-        gain_ax.errorbar([x * shift for x, _, _ in points], [d for _, d, _ in points],
-                         yerr=[se for _, _, se in points], color=colors[row], marker="o", capsize=3, label=row)
+        gain_ax.errorbar([x * shift for x, _, _ in points], [d * scale for _, d, _ in points],
+                         yerr=[se * scale for _, _, se in points], color=colors[row], marker="o", capsize=3,
+                         label=row)
     gain_ax.axhline(0.0, color="0.4", lw=1)
-    gain_ax.set_ylabel(f"gain over {experiment.reference_row or 'the baseline'} (points, ± 1 s.e.)")
+    reference = experiment.reference_row or "the baseline"
+    gain_ax.set_ylabel(f"gain over {reference} (points, ± 1 s.e.)" if "acc" in metric or "top5" in metric
+                       else f"difference from {reference}{' (1e-5)' if scale != 1 else ''}, ± 1 s.e.")
     sizes = sorted({x for points in series.values() for x, st in points if st.n})
     for a in (ax, gain_ax):
         a.set_xscale("log")
@@ -296,14 +301,15 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     """
     name = experiment.name
     # one file per phase, row subset and reference row, so that no plot overwrites another's figure
-    stem = "_".join([name, *map(_slug, experiment.only_rows),
-                     *([f"vs-{_slug(experiment.reference_row)}"] if experiment.reference_row else [])])
-    if lambdas == "grid":
+    stem = "_".join([name, *map(_slug, experiment.only_rows)])
+    if lambdas == "grid":  # compares each λ with the chosen one: no reference row in its name
         stats, chosen = grid_stats(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         fig = _figure_grid(experiment, stats, chosen)
         paths = _save(fig, Path(out_dir), f"{stem}_dev")
         _pyplot().close(fig)
         return paths
+    if experiment.reference_row:
+        stem += f"_vs-{_slug(experiment.reference_row)}"
     stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
     if lambdas == "selected":
         experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")

@@ -284,18 +284,20 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
 
 
 CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "n", "mean", "std", "diverged",
-              "failed", "missing", "p_bonferroni", "delta", "paper_mean", "paper_std", "seeds"]
+              "failed", "missing", "p_bonferroni", "delta", "reference", "paper_mean", "paper_std", "seeds"]
 
 
 def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
     out = []
     for st in stats:
         paper = st.cell.paper or (None, None)
+        ref = experiment.reference(st.cell)  # what p_bonferroni and delta compare with: "row / column"
         out.append({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
                     "metric": st.cell.metric, "term": st.cell.term or "", "lambda": st.lam,
                     "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
                     "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
-                    "p_bonferroni": st.p_value, "delta": st.delta, "paper_mean": paper[0],
+                    "p_bonferroni": st.p_value, "delta": st.delta,
+                    "reference": f"{ref.row} / {ref.column}" if ref else "", "paper_mean": paper[0],
                     "paper_std": paper[1], "seeds": " ".join(map(str, st.seeds))})
     return out
 

@@ -505,22 +505,25 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def _sigterm_as_exit() -> Iterator[None]:
     """SIGTERM (``kill``, a batch scheduler's preemption) raised as SystemExit(143) in this thread while
     the sweep runs, so that it stops the workers and removes the unfinished runs' rows as Ctrl-C does,
-    instead of ending this process alone and leaving its pool workers training. Python lets only the
-    main thread set handlers; called from another thread this changes nothing."""
+    instead of ending this process alone and leaving its pool workers training. Only where SIGTERM has
+    its default action (a caller's own handler, or an ignored SIGTERM, is kept) and in the main thread,
+    the one Python lets set handlers. Ray installs its own handler (exit code 15); its cleanup runs too."""
     import signal
 
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a scheduler's second SIGTERM must not cut the cleanup short
         raise SystemExit(128 + signum)
 
-    before = signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextmanager
