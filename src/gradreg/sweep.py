@@ -555,7 +555,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     regularizers, imported here and in every worker before it trains (:mod:`gradreg.plugins`). A run
     that raises is recorded as failed and the sweep goes on; Ctrl-C removes the interrupted runs'
     rows, stops the workers and re-raises, and SIGTERM does the same, raised as ``SystemExit(143)``
-    (called from the main thread).
+    (called from the main thread, where no handler of the caller's is set for SIGTERM).
 
     With ``workers > 1`` (local backend) the workers are spawned, so they import the caller's main
     module: a script must call this under ``if __name__ == "__main__":``.
