@@ -110,8 +110,13 @@ def test_sin_group_matches_each_run_trained_alone(device):
 
 
 def test_lenet_group_with_labels_and_weight_decay_matches_solo_runs():
-    """LeNet-5 runs through the vmap path; datagrad needs labels; the digits recipe has weight decay."""
-    configs = [digits_config(s, (("datagrad", lam),)) for s, lam in ((0, 3.0), (1, 30.0))]
+    """LeNet-5 runs through the vmap path; datagrad needs labels; the digits recipe has weight decay.
+
+    60 steps and λ <= 10 on purpose: at 12 steps the nets are still at chance, where near-tied logits
+    let vmap's last-bit rounding flip a training point's argmax (train_acc off by one of 997 points on an
+    AVX-512 machine), and at λ = 30 training amplifies those bits to 1e-4 in the losses by step 60.
+    Here solo and grouped agree to about 1e-7, accuracies exactly (measured on that machine)."""
+    configs = [digits_config(s, (("datagrad", lam),), steps=60) for s, lam in ((0, 3.0), (1, 10.0))]
     ds = data_mod.load_dataset("digits")
     for config, result in zip(configs, train_group(configs, dataset=ds, progress=False)):
         _assert_same_run(train(config, dataset=ds, progress=False), result)
