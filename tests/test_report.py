@@ -105,6 +105,41 @@ def test_against_a_row_compares_every_cell_with_that_rows_cell(table4_store, tmp
     assert fig.exit_code == 0 and (tmp_path / "fig" / "table4_vs-SpectReg.png").exists()
 
 
+def test_paired_p_values_pair_each_cell_with_its_reference_by_seed(tmp_path):
+    """A shared per-seed draw that dwarfs a constant gain: Welch's test cannot see the gain, the paired
+    test (what ``--paired`` reports) does; both Bonferroni-corrected, the same delta either way."""
+    from scipy import stats as sps
+
+    exp = get_experiment("table4")
+    seed_effect = [0.0, 0.6, -0.4, 0.3]
+    noise = [0.02, -0.03, 0.01, 0.0]
+    gain = {"NoGR": 0.0, "SpectReg": 0.3, "DataGrad": 0.2}
+    values: dict = {}
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in exp.plan(seeds=4):
+            acc = 97.0 + seed_effect[p.seed] + gain[p.cell.row] + (noise[p.seed] if p.cell.row != "NoGR" else 0.0)
+            put(store, p.config, test_acc=acc)
+            values.setdefault(p.cell.key, []).append(acc)
+        welch = {st.cell.key: st for st in collect(exp, store, seeds=4)}
+        paired = {st.cell.key: st for st in collect(exp, store, seeds=4, paired=True)}
+    cell, base = ("SpectReg", "WD=0.0005"), ("NoGR", "WD=0.0005")
+    raw = sps.ttest_rel(values[cell], values[base]).pvalue
+    assert paired[cell].p_value == pytest.approx(4 * raw) and paired[cell].p_value < 0.01
+    assert welch[cell].p_value > 0.5 and welch[cell].test == "welch" and paired[cell].test == "paired"
+    assert paired[cell].delta == pytest.approx(welch[cell].delta) == pytest.approx(0.3)
+    assert paired[base].p_value is None and paired[base].test == ""
+    assert "p: a paired t-test over the seeds both cells have" in markdown_table(exp, list(paired.values()))
+    assert "p: Welch's t-test" in markdown_table(exp, list(welch.values()))
+    db = tmp_path / "r.db"
+    res = runner.invoke(app, ["report", "table4", "--seeds", "4", "--db", str(db), "--paired",
+                              "--csv", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0 and "paired t-test" in res.output, res.output
+    assert ",paired," in (tmp_path / "t.csv").read_text()
+    fig = runner.invoke(app, ["plot", "table4", "--seeds", "4", "--db", str(db), "--paired",
+                              "--out", str(tmp_path / "fig")])
+    assert fig.exit_code == 0 and (tmp_path / "fig" / "table4_paired.png").exists(), fig.output
+
+
 def test_markdown_and_csv_show_ours_and_the_papers(table4_store, tmp_path):
     exp, db, _ = table4_store
     with ResultStore(db) as store:
@@ -346,6 +381,10 @@ def test_figure2_gain_is_each_methods_difference_from_its_sizes_baseline(tmp_pat
     assert se == pytest.approx(math.sqrt(0.2 ** 2 / 3 + 0.1 ** 2 / 3))
     (x, d, se), = gains["SpectReg"]
     assert d == pytest.approx(0.3 + 0.05 - 0.1) and se == pytest.approx(math.sqrt(0.05 ** 2 / 3 + 0.1 ** 2 / 3))
+    with ResultStore(tmp_path / "r.db") as store:  # paired: the s.e. of the per-seed differences
+        gains = gain_series(exp, collect(exp, store, seeds=3, paired=True))
+    (x, d, se), = gains["DataGrad"]  # differences 0.5, 0.6, 0.7
+    assert x == 500 and d == pytest.approx(0.6) and se == pytest.approx(0.1 / math.sqrt(3))
     with ResultStore(tmp_path / "r.db") as store:
         files = plot_experiment(exp, store, tmp_path / "fig", seeds=3)
     assert all(f.stat().st_size > 0 for f in files)
@@ -488,7 +527,8 @@ def test_experiment_database_is_its_first_cells_dataset():
     (["sweep", "table7", "--lambdas", "best", "--smoke"], "--lambdas must be"),
     (["sweep", "table7", "--seeds", "1000", "--smoke"], "seeds must lie in [1, 1000)"),
     (["report", "table4", "--against", "Dropout"], "table4 has no row 'Dropout'; rows: NoGR"),
-    (["plot", "table4", "--lambdas", "grid", "--against", "SpectReg"], "--against compares the paper"),
+    (["plot", "table4", "--lambdas", "grid", "--against", "SpectReg"], "--against is for the paper or selected"),
+    (["report", "table4", "--lambdas", "grid", "--paired"], "--paired is for the paper or selected phase"),
 ])
 def test_cli_errors(args, match, tmp_path):
     res = runner.invoke(app, args)

@@ -144,6 +144,14 @@ def _against_option():
                              "the grid phase")
 
 
+def _paired_option():
+    return typer.Option(False, "--paired",
+                        help="p-values (and the plot's gain error bars) from a paired t-test over the seeds "
+                             "each cell shares with its reference, not Welch's test: a seed draws the same "
+                             "training subset, init and batch order in every cell of a column; not for the "
+                             "grid phase, which pairs already")
+
+
 def _experiment(name: str, set_: list[str] | None = None, grid_window: int | None = None,
                 rows: list[str] | None = None, against: str | None = None):
     from .experiments import get_experiment
@@ -273,6 +281,12 @@ def sweep(
     raise typer.Exit(1 if summary.failed else 0)
 
 
+def _check_grid_options(lambdas: str, against: str | None, paired: bool) -> None:
+    if lambdas == "grid" and (against or paired):
+        _fail(f"{'--against' if against else '--paired'} is for the paper or selected phase; the grid phase "
+              "compares each λ with the chosen one, paired over the dev seeds")
+
+
 @app.command()
 def report(
     experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
@@ -284,6 +298,7 @@ def report(
     dev_seeds: Optional[int] = _dev_seeds_option(),
     row: List[str] = _row_option(),
     against: Optional[str] = _against_option(),
+    paired: bool = _paired_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     csv: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
@@ -297,14 +312,14 @@ def report(
     db = _db(db, exp)
     if lambdas == "grid" and smoke:
         _fail("--smoke reports the paper or selected phase, not the grid")
-    if lambdas == "grid" and against:
-        _fail("--against compares the paper or selected phase; the grid phase compares each λ with the chosen one")
+    _check_grid_options(lambdas, against, paired)
     with _existing_store(db, experiment) as store:
         try:
             if lambdas == "grid":
                 stats, chosen = grid_stats(exp, store, seeds=dev_seed_count(seeds, dev_seeds))
             else:
-                stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
+                stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke,
+                                paired=paired)
         except ValueError as e:
             _fail(str(e))
     text = markdown_grid_table(exp, stats, chosen) if lambdas == "grid" else markdown_table(exp, stats)
@@ -330,6 +345,7 @@ def plot(
     dev_seeds: Optional[int] = _dev_seeds_option(),
     row: List[str] = _row_option(),
     against: Optional[str] = _against_option(),
+    paired: bool = _paired_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
@@ -338,11 +354,11 @@ def plot(
 
     exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp)
-    if lambdas == "grid" and against:
-        _fail("--against compares the paper or selected phase; the grid phase compares each λ with the chosen one")
+    _check_grid_options(lambdas, against, paired)
     with _existing_store(db, experiment) as store:
         try:
-            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
+            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds,
+                                    paired=paired)
         except ValueError as e:
             _fail(str(e))
     typer.echo("wrote " + ", ".join(map(str, paths)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 from pathlib import Path
 
 from .experiments import Experiment
@@ -83,8 +84,10 @@ def _errorbar_series(ax, series, metric_scale: float = 1.0, with_paper: bool = T
 
 def gain_series(experiment: Experiment, stats: list[CellStats]) -> dict[str, list[tuple[float, float, float]]]:
     """{row: [(x, Δ, se)]}: each compared cell's mean minus its baseline's mean (the report's ``delta``,
-    against :meth:`Experiment.reference`) with the standard error of that difference, sqrt(s²/n + s_ref²/n_ref),
-    the one Welch's test divides by. Cells with fewer than two runs on either side are left out."""
+    against :meth:`Experiment.reference`) with the standard error its test divides by: Welch's
+    sqrt(s²/n + s_ref²/n_ref), or for stats collected ``paired`` the standard deviation of the per-seed
+    differences over √k, k the seeds both have. Cells with fewer than two runs (or shared seeds) on
+    either side are left out."""
     by_key = {st.cell.key: st for st in stats}
     out: dict[str, list[tuple[float, float, float]]] = {}
     for st in stats:
@@ -93,7 +96,14 @@ def gain_series(experiment: Experiment, stats: list[CellStats]) -> dict[str, lis
         if ref_cell is None or x is None or st.delta is None:
             continue
         ref = by_key[ref_cell.key]
-        se = math.sqrt(st.std ** 2 / st.n + ref.std ** 2 / ref.n)
+        if st.test == "paired":
+            ref_values = dict(zip(ref.seeds, ref.values))
+            diffs = [v - ref_values[s] for s, v in zip(st.seeds, st.values) if s in ref_values]
+            if len(diffs) < 2:
+                continue
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        else:
+            se = math.sqrt(st.std ** 2 / st.n + ref.std ** 2 / ref.n)
         out.setdefault(st.cell.row, []).append((x, st.delta, se))
     return {k: sorted(v) for k, v in out.items()}
 
@@ -126,8 +136,9 @@ def _figure_sizes(experiment, stats, store, out_dir):
                          label=row)
     gain_ax.axhline(0.0, color="0.4", lw=1)
     reference = experiment.reference_row or "the baseline"
-    gain_ax.set_ylabel(f"gain over {reference} (points, ± 1 s.e.)" if "acc" in metric or "top5" in metric
-                       else f"difference from {reference}{' (1e-5)' if scale != 1 else ''}, ± 1 s.e.")
+    se = "± 1 paired s.e." if any(st.test == "paired" for st in stats) else "± 1 s.e."
+    gain_ax.set_ylabel(f"gain over {reference} (points, {se})" if "acc" in metric or "top5" in metric
+                       else f"difference from {reference}{' (1e-5)' if scale != 1 else ''}, {se}")
     sizes = sorted({x for points in series.values() for x, st in points if st.n})
     for a in (ax, gain_ax):
         a.set_xscale("log")
@@ -291,13 +302,14 @@ def _figure_grid(experiment, stats, chosen):
 
 def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | Path, *,
                     lambdas: str = "paper", seeds: int | None = None,
-                    dev_seeds: int | None = None) -> list[Path]:
+                    dev_seeds: int | None = None, paired: bool = False) -> list[Path]:
     """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
 
     ``lambdas="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds.
-    Files are named ``<experiment>[_<row>...][_vs-<row>][_dev|_selected].png`` (and ``.svg``): the
-    paper-λ figure, phase 1 and phase 2 of each row subset (``Experiment.with_rows``) and reference row
-    (``Experiment.with_reference_row``) each get their own.
+    ``paired``: gains' error bars (Figure 2's right panel) from the per-seed differences (:func:`collect`).
+    Files are named ``<experiment>[_<row>...][_vs-<row>][_paired][_dev|_selected].png`` (and ``.svg``):
+    the paper-λ figure, phase 1 and phase 2 of each row subset (``Experiment.with_rows``), reference row
+    (``Experiment.with_reference_row``) and test each get their own.
     """
     name = experiment.name
     # one file per phase, row subset and reference row, so that no plot overwrites another's figure
@@ -310,7 +322,9 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
         return paths
     if experiment.reference_row:
         stem += f"_vs-{_slug(experiment.reference_row)}"
-    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds)
+    if paired:
+        stem += "_paired"
+    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, paired=paired)
     if lambdas == "selected":
         experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")
     if name == "figure2" or _columns_are_train_sizes(experiment):

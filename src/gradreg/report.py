@@ -4,8 +4,10 @@ The paper's protocol (Section 6.2): a number is the mean (std) of 10 runs on dif
 subsets; λ is chosen by the best mean *dev* metric over a grid (phase 1, dev seeds), then the chosen λ
 is run on fresh seeds and reported on the test set (phase 2). Significance against the cell's
 baseline (:meth:`~gradreg.experiments.Experiment.reference`) is Welch's t-test (unequal variances),
-Bonferroni-corrected over the table's comparisons, as Table 6 does. Nothing here ever looks at a
-test metric to choose anything.
+Bonferroni-corrected over the table's comparisons, as Table 6 does; ``paired=True`` pairs the runs by
+seed instead (a seed draws the same training subset, initialization and batch order in every cell of
+a column, and that shared draw is most of a run's spread). Nothing here ever looks at a test metric to
+choose anything.
 """
 from __future__ import annotations
 
@@ -45,8 +47,9 @@ class CellStats:
     failed: int = 0
     missing: int = 0                                      # planned but not (yet) in the store
     extra: dict[str, list[float]] = field(default_factory=dict)  # other metrics, for plots
-    p_value: float | None = None                          # Welch vs the reference, Bonferroni-adjusted
+    p_value: float | None = None                          # vs the reference, Bonferroni-adjusted
     delta: float | None = None                            # mean - reference mean
+    test: str = ""                                        # what p_value is: "welch" or "paired" ("" none)
 
     @property
     def n(self) -> int:
@@ -191,9 +194,14 @@ def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
 
 
 def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper",
-            seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False) -> list[CellStats]:
+            seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
+            paired: bool = False) -> list[CellStats]:
     """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ), over
-    ``seeds`` test seeds; the selection reads ``dev_seeds`` dev seeds per λ (default: ``seeds``)."""
+    ``seeds`` test seeds; the selection reads ``dev_seeds`` dev seeds per λ (default: ``seeds``).
+
+    Each compared cell's ``p_value`` is Welch's test against its reference's runs, or with ``paired``
+    a paired t-test over the seeds both have; either way Bonferroni-corrected over the table's
+    comparisons. ``delta`` is the difference of the two cells' means either way."""
     if lambdas == "paper":
         plan = experiment.plan(seeds=seeds, smoke=smoke)
     elif lambdas == "selected":
@@ -209,8 +217,10 @@ def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper
         if ref_cell is None:
             continue
         ref = by_cell[ref_cell.key]
-        p = welch_p(st.values, ref.values)
+        p = (paired_p(dict(zip(st.seeds, st.values)), dict(zip(ref.seeds, ref.values))) if paired
+             else welch_p(st.values, ref.values))
         if p is not None:
+            st.test = "paired" if paired else "welch"
             comparisons.append((st, p))
             st.delta = st.mean - ref.mean
     for st, p in comparisons:  # Bonferroni over the table's comparisons
@@ -270,9 +280,11 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
     show_paper = experiment.has_paper_values  # else no column of dashes
     paper_note = " · the paper's value" if show_paper else ""
+    test = ("a paired t-test over the seeds both cells have" if any(st.test == "paired" for st in stats)
+            else "Welch's t-test")
     lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
              f"Source: {experiment.source}. Cells: ours mean (std) over n runs{paper_note}. "
-             f"p: Welch's t-test against {_reference_text(experiment)}, Bonferroni-corrected over the table's "
+             f"p: {test} against {_reference_text(experiment)}, Bonferroni-corrected over the table's "
              f"comparisons; * marks p < {ALPHA}.", ""]
     cols = experiment.columns
     lines.append("| | " + " | ".join(cols) + " |")
@@ -284,7 +296,7 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
 
 
 CSV_FIELDS = ["experiment", "row", "column", "metric", "term", "lambda", "n", "mean", "std", "diverged",
-              "failed", "missing", "p_bonferroni", "delta", "reference", "paper_mean", "paper_std", "seeds"]
+              "failed", "missing", "p_bonferroni", "test", "delta", "reference", "paper_mean", "paper_std", "seeds"]
 
 
 def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
@@ -296,7 +308,7 @@ def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
                     "metric": st.cell.metric, "term": st.cell.term or "", "lambda": st.lam,
                     "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
                     "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
-                    "p_bonferroni": st.p_value, "delta": st.delta,
+                    "p_bonferroni": st.p_value, "test": st.test, "delta": st.delta,
                     "reference": f"{ref.row} / {ref.column}" if ref else "", "paper_mean": paper[0],
                     "paper_std": paper[1], "seeds": " ".join(map(str, st.seeds))})
     return out
