@@ -97,8 +97,8 @@ def gain_series(experiment: Experiment, stats: list[CellStats]) -> dict[str, lis
             continue
         ref = by_key[ref_cell.key]
         if st.test == "paired":
-            ref_values = dict(zip(ref.seeds, ref.values))
-            diffs = [v - ref_values[s] for s, v in zip(st.seeds, st.values) if s in ref_values]
+            ref_values = ref.by_seed
+            diffs = [v - ref_values[s] for s, v in st.by_seed.items() if s in ref_values]
             if len(diffs) < 2:
                 continue
             se = statistics.stdev(diffs) / math.sqrt(len(diffs))

@@ -56,6 +56,11 @@ class CellStats:
         return len(self.values)
 
     @property
+    def by_seed(self) -> dict[int, float]:
+        """seed -> value, what a paired comparison matches on."""
+        return dict(zip(self.seeds, self.values))
+
+    @property
     def mean(self) -> float:
         return statistics.fmean(self.values) if self.values else math.nan
 
@@ -182,7 +187,7 @@ def grid_stats(experiment: Experiment, store: ResultStore, *, seeds: int | None 
             st = by_key[(cell.key, lam)]
             if ref is not None and st is not ref and st.n and ref.n:
                 st.delta = st.mean - ref.mean
-                st.p_value = paired_p(dict(zip(st.seeds, st.values)), dict(zip(ref.seeds, ref.values)))
+                st.p_value = paired_p(st.by_seed, ref.by_seed)
             out.append(st)
     return out, chosen
 
@@ -217,8 +222,7 @@ def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper
         if ref_cell is None:
             continue
         ref = by_cell[ref_cell.key]
-        p = (paired_p(dict(zip(st.seeds, st.values)), dict(zip(ref.seeds, ref.values))) if paired
-             else welch_p(st.values, ref.values))
+        p = paired_p(st.by_seed, ref.by_seed) if paired else welch_p(st.values, ref.values)
         if p is not None:
             st.test = "paired" if paired else "welch"
             comparisons.append((st, p))
