@@ -304,6 +304,27 @@ def test_cli_report_and_plot_the_grid_phase(table4_grid_store, tmp_path):
     assert none.exit_code == 2 and "no cell with a λ grid" in none.output
 
 
+def test_grid_figure_names_the_dotted_line_only_where_a_paper_lambda_is_drawn(table4_grid_store):
+    import dataclasses
+
+    from gradreg.plots import _figure_grid, _pyplot
+    from gradreg.report import grid_stats
+
+    exp, db, _ = table4_grid_store
+    # The same cells with the paper's λ moved to the stand-in (an experiment file with a `lambda`): no line.
+    own = dataclasses.replace(exp, cells=tuple(
+        dataclasses.replace(c, paper_lambda=None, fallback_lambda=c.lambda_for_paper_mode) if c.term else c
+        for c in exp.cells))
+    with ResultStore(db) as store:
+        for e, dotted in ((exp, True), (own, False)):
+            stats, chosen = grid_stats(e, store, seeds=3)
+            fig = _figure_grid(e, stats, chosen)
+            axes = [ax for ax in fig.axes if ax.get_lines()]
+            assert axes and all(("dotted: paper's λ" in ax.get_xlabel()) is dotted for ax in axes)
+            assert all(any(ln.get_linestyle() == ":" for ln in ax.get_lines()) is dotted for ax in axes)
+            _pyplot().close(fig)
+
+
 def test_cli_sweep_selected_reads_dev_seeds_and_runs_test_seeds(table4_grid_store, monkeypatch):
     exp, db, _ = table4_grid_store
     planned = {}

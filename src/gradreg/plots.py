@@ -292,7 +292,8 @@ def _figure_grid(experiment, stats, chosen):
         lams = sorted({st.lam for st in stats if st.cell.row == method})
         ax.set_xticks(lams, [f"{lam:g}" for lam in lams])  # the grid's own values, not powers of ten
         ax.minorticks_off()
-        ax.set_xlabel(f"{method} λ (filled: chosen; dotted: paper's λ)")
+        has_paper = any(st.cell.paper_lambda is not None for st in stats if st.cell.row == method)
+        ax.set_xlabel(f"{method} λ (filled: chosen" + ("; dotted: paper's λ)" if has_paper else ")"))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + (" (1e-5)" if scale != 1 else ""))
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
