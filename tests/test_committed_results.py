@@ -12,6 +12,17 @@ from gradreg.cli import app
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
+
+def _figure2_tuned_at(size: str) -> list[tuple[list[str], str, str]]:
+    """Figure 2's per-size λ selection at ``size``: its grid phase (3 dev seeds), and its selected phase on
+    5 test seeds, against the baseline and against SpectReg."""
+    spec = str(RESULTS / "specs" / f"figure2_{size}_dev.toml")
+    selected = [spec, "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3", "--paired"]
+    return [([spec, "--lambdas", "grid", "--seeds", "3"], "mnist.db", f"figure2_{size}_dev"),
+            (selected, "mnist.db", f"figure2_{size}_selected"),
+            ([*selected, "--against", "SpectReg"], "mnist.db", f"figure2_{size}_selected_vs-SpectReg")]
+
+
 # (report arguments, database, table stem): the commands that wrote results/<stem>.md and .csv.
 COMMITTED = [
     (["table1"], "mnist.db", "table1"),
@@ -35,18 +46,8 @@ COMMITTED = [
      "figure2_20000_datagrad_dev"),
     ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "selected", "--seeds", "3", "--paired"],
      "mnist.db", "figure2_20000_datagrad_selected"),
-    ([str(RESULTS / "specs" / "figure2_500_dev.toml"), "--lambdas", "grid", "--seeds", "3"], "mnist.db",
-     "figure2_500_dev"),
-    ([str(RESULTS / "specs" / "figure2_500_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3",
-      "--paired"], "mnist.db", "figure2_500_selected"),
-    ([str(RESULTS / "specs" / "figure2_500_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3",
-      "--paired", "--against", "SpectReg"], "mnist.db", "figure2_500_selected_vs-SpectReg"),
-    ([str(RESULTS / "specs" / "figure2_1000_dev.toml"), "--lambdas", "grid", "--seeds", "3"], "mnist.db",
-     "figure2_1000_dev"),
-    ([str(RESULTS / "specs" / "figure2_1000_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3",
-      "--paired"], "mnist.db", "figure2_1000_selected"),
-    ([str(RESULTS / "specs" / "figure2_1000_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3",
-      "--paired", "--against", "SpectReg"], "mnist.db", "figure2_1000_selected_vs-SpectReg"),
+    *_figure2_tuned_at("500"),
+    *_figure2_tuned_at("1000"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
     (["sin_lownoise"], "sin_lownoise.db", "sin_lownoise"),
