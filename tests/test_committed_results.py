@@ -18,9 +18,9 @@ def _figure2_tuned_at(size: str) -> list[tuple[list[str], str, str]]:
     5 test seeds, against the baseline and against SpectReg."""
     spec = str(RESULTS / "specs" / f"figure2_{size}_dev.toml")
     selected = [spec, "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3", "--paired"]
-    return [([spec, "--lambdas", "grid", "--seeds", "3"], "mnist.db", f"figure2_{size}_dev"),
-            (selected, "mnist.db", f"figure2_{size}_selected"),
-            ([*selected, "--against", "SpectReg"], "mnist.db", f"figure2_{size}_selected_vs-SpectReg")]
+    return [([spec, "--lambdas", "grid", "--seeds", "3"], "figure2/mnist.db", f"figure2_{size}_dev"),
+            (selected, "figure2/mnist.db", f"figure2_{size}_selected"),
+            ([*selected, "--against", "SpectReg"], "figure2/mnist.db", f"figure2_{size}_selected_vs-SpectReg")]
 
 
 # (report arguments, database, table stem): the commands that wrote results/<stem>.md and .csv.
@@ -39,17 +39,18 @@ COMMITTED = [
     ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
     ([str(RESULTS / "specs" / "table4_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "5"], "mnist.db",
      "table4_datagrad_dev"),
-    ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired"], "mnist.db", "figure2_devpicked"),
+    ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired"], "figure2/mnist.db",
+     "figure2_devpicked"),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired", "--against", "DataGrad"],
-     "mnist.db", "figure2_devpicked_vs-DataGrad"),
-    ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "3"], "mnist.db",
-     "figure2_20000_datagrad_dev"),
+     "figure2/mnist.db", "figure2_devpicked_vs-DataGrad"),
+    ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "3"],
+     "figure2/mnist.db", "figure2_20000_datagrad_dev"),
     ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "selected", "--seeds", "3", "--paired"],
-     "mnist.db", "figure2_20000_datagrad_selected"),
-    ([str(RESULTS / "specs" / "figure2_20000_spectreg_dev.toml"), "--lambdas", "grid", "--seeds", "3"], "mnist.db",
-     "figure2_20000_spectreg_dev"),
+     "figure2/mnist.db", "figure2_20000_datagrad_selected"),
+    ([str(RESULTS / "specs" / "figure2_20000_spectreg_dev.toml"), "--lambdas", "grid", "--seeds", "3"],
+     "figure2/mnist.db", "figure2_20000_spectreg_dev"),
     ([str(RESULTS / "specs" / "figure2_20000_spectreg_dev.toml"), "--lambdas", "selected", "--seeds", "3", "--paired"],
-     "mnist.db", "figure2_20000_spectreg_selected"),
+     "figure2/mnist.db", "figure2_20000_spectreg_selected"),
     *_figure2_tuned_at("500"),
     *_figure2_tuned_at("1000"),
     (["table7"], "sin.db", "table7"),
