@@ -275,6 +275,7 @@ def _figure_grid(experiment, stats, chosen):
     scale = 1e5 if metric.endswith("mse") else 1.0
     for ax, method in zip(axes[0], methods):
         setups = list(dict.fromkeys(st.cell.column for st in stats if st.cell.row == method))
+        drew_paper = False
         for i, setup in enumerate(setups):
             pts = [st for st in stats if st.cell.key == (method, setup) and st.n]
             if not pts:
@@ -288,12 +289,12 @@ def _figure_grid(experiment, stats, chosen):
             paper = pts[0].cell.paper_lambda
             if paper is not None:
                 ax.axvline(paper, color=color, ls=":", alpha=0.7)
+                drew_paper = True
         ax.set_xscale("log")
         lams = sorted({st.lam for st in stats if st.cell.row == method})
         ax.set_xticks(lams, [f"{lam:g}" for lam in lams])  # the grid's own values, not powers of ten
         ax.minorticks_off()
-        has_paper = any(st.cell.paper_lambda is not None for st in stats if st.cell.row == method)
-        ax.set_xlabel(f"{method} λ (filled: chosen" + ("; dotted: paper's λ)" if has_paper else ")"))
+        ax.set_xlabel(f"{method} λ (filled: chosen" + ("; dotted: paper's λ)" if drew_paper else ")"))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")) + (" (1e-5)" if scale != 1 else ""))
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
