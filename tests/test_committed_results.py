@@ -55,6 +55,7 @@ COMMITTED = [
      "figure2/mnist.db", "figure2_20000_spectreg_selected"),
     *_figure2_tuned_at("500"),
     *_figure2_tuned_at("1000"),
+    *_figure2_tuned_at("5000"),
     (["table7"], "sin.db", "table7"),
     (["sin2"], "sin.db", "sin2"),
     (["sin_lownoise"], "sin_lownoise.db", "sin_lownoise"),
