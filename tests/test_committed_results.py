@@ -13,14 +13,16 @@ from gradreg.cli import app
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def _figure2_tuned_at(size: str) -> list[tuple[list[str], str, str]]:
-    """Figure 2's per-size λ selection at ``size``: its grid phase (3 dev seeds), and its selected phase on
-    5 test seeds, against the baseline and against SpectReg."""
-    spec = str(RESULTS / "specs" / f"figure2_{size}_dev.toml")
-    selected = [spec, "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3", "--paired"]
-    return [([spec, "--lambdas", "grid", "--seeds", "3"], "figure2/mnist.db", f"figure2_{size}_dev"),
-            (selected, "figure2/mnist.db", f"figure2_{size}_selected"),
-            ([*selected, "--against", "SpectReg"], "figure2/mnist.db", f"figure2_{size}_selected_vs-SpectReg")]
+def _figure2_selection(spec: str, selected: str, against: str | None = None) -> list[tuple[list[str], str, str]]:
+    """A Figure 2 λ selection (results/specs/<spec>.toml): its grid phase on 3 dev seeds (table <spec>), its
+    selected phase on 5 test seeds against the baseline (table <selected>) and, if given, against a method."""
+    path = str(RESULTS / "specs" / f"{spec}.toml")
+    chosen = [path, "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3", "--paired"]
+    tables = [([path, "--lambdas", "grid", "--seeds", "3"], "figure2/mnist.db", spec),
+              (chosen, "figure2/mnist.db", selected)]
+    if against is not None:
+        tables.append(([*chosen, "--against", against], "figure2/mnist.db", f"{selected}_vs-{against}"))
+    return tables
 
 
 # (report arguments, database, table stem): the commands that wrote results/<stem>.md and .csv.
@@ -43,20 +45,10 @@ COMMITTED = [
      "figure2_devpicked"),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired", "--against", "DataGrad"],
      "figure2/mnist.db", "figure2_devpicked_vs-DataGrad"),
-    ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "3"],
-     "figure2/mnist.db", "figure2_20000_datagrad_dev"),
-    ([str(RESULTS / "specs" / "figure2_20000_datagrad_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds",
-      "3", "--paired"],
-     "figure2/mnist.db", "figure2_20000_datagrad_selected"),
-    ([str(RESULTS / "specs" / "figure2_20000_spectreg_dev.toml"), "--lambdas", "grid", "--seeds", "3"],
-     "figure2/mnist.db", "figure2_20000_spectreg_dev"),
-    ([str(RESULTS / "specs" / "figure2_20000_spectreg_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds",
-      "3", "--paired"],
-     "figure2/mnist.db", "figure2_20000_spectreg_selected"),
-    *_figure2_tuned_at("500"),
-    *_figure2_tuned_at("1000"),
-    *_figure2_tuned_at("5000"),
-    *_figure2_tuned_at("10000"),
+    *_figure2_selection("figure2_20000_datagrad_dev", "figure2_20000_datagrad_selected"),
+    *_figure2_selection("figure2_20000_spectreg_dev", "figure2_20000_spectreg_selected"),
+    *(table for size in ("500", "1000", "5000", "10000")
+      for table in _figure2_selection(f"figure2_{size}_dev", f"figure2_{size}_selected", against="SpectReg")),
     ([str(RESULTS / "specs" / "figure2_tuned.toml"), "--seeds", "5", "--paired"], "figure2/mnist.db", "figure2_tuned"),
     ([str(RESULTS / "specs" / "figure2_tuned.toml"), "--seeds", "5", "--paired", "--against", "DataGrad"],
      "figure2/mnist.db", "figure2_tuned_vs-DataGrad"),
