@@ -13,11 +13,13 @@ from gradreg.cli import app
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def _figure2_selection(spec: str, selected: str, against: str | None = None) -> list[tuple[list[str], str, str]]:
+def _figure2_selection(spec: str, selected: str, against: str | None = None,
+                       seeds: int = 5) -> list[tuple[list[str], str, str]]:
     """A Figure 2 λ selection (results/specs/<spec>.toml): its grid phase on 3 dev seeds (table <spec>), its
-    selected phase on 5 test seeds against the baseline (table <selected>) and, if given, against a method."""
+    selected phase on `seeds` test seeds against the baseline (table <selected>) and, if given, against a
+    method."""
     path = str(RESULTS / "specs" / f"{spec}.toml")
-    chosen = [path, "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "3", "--paired"]
+    chosen = [path, "--lambdas", "selected", "--seeds", str(seeds), "--dev-seeds", "3", "--paired"]
     tables = [([path, "--lambdas", "grid", "--seeds", "3"], "figure2/mnist.db", spec),
               (chosen, "figure2/mnist.db", selected)]
     if against is not None:
@@ -41,12 +43,16 @@ COMMITTED = [
     ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
     ([str(RESULTS / "specs" / "table4_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "5"], "mnist.db",
      "table4_datagrad_dev"),
+    ([str(RESULTS / "specs" / "table6_jacreg_dev.toml"), "--lambdas", "grid", "--seeds", "2"], "mnist.db",
+     "table6_jacreg_dev"),
+    ([str(RESULTS / "specs" / "table6_jacreg_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "2",
+      "--paired"], "mnist.db", "table6_jacreg_selected"),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired"], "figure2/mnist.db",
      "figure2_devpicked"),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired", "--against", "DataGrad"],
      "figure2/mnist.db", "figure2_devpicked_vs-DataGrad"),
-    *_figure2_selection("figure2_20000_datagrad_dev", "figure2_20000_datagrad_selected"),
-    *_figure2_selection("figure2_20000_spectreg_dev", "figure2_20000_spectreg_selected"),
+    *_figure2_selection("figure2_20000_datagrad_dev", "figure2_20000_datagrad_selected", seeds=10),
+    *_figure2_selection("figure2_20000_spectreg_dev", "figure2_20000_spectreg_selected", seeds=10),
     *(table for size in ("500", "1000", "5000", "10000")
       for table in _figure2_selection(f"figure2_{size}_dev", f"figure2_{size}_selected", against="SpectReg")),
     ([str(RESULTS / "specs" / "figure2_tuned.toml"), "--seeds", "5", "--paired"], "figure2/mnist.db", "figure2_tuned"),
