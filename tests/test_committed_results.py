@@ -13,17 +13,16 @@ from gradreg.cli import app
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def _figure2_selection(spec: str, selected: str, against: str | None = None,
-                       seeds: int = 5) -> list[tuple[list[str], str, str]]:
-    """A Figure 2 λ selection (results/specs/<spec>.toml): its grid phase on 3 dev seeds (table <spec>), its
-    selected phase on `seeds` test seeds against the baseline (table <selected>) and, if given, against a
-    method."""
+def _selection(spec: str, selected: str, *, db: str = "figure2/mnist.db", dev_seeds: int = 3, seeds: int = 5,
+               against: str | None = None) -> list[tuple[list[str], str, str]]:
+    """A λ selection of an experiment file (results/specs/<spec>.toml): its grid phase on `dev_seeds` dev
+    seeds (table <spec>), its selected phase on `seeds` test seeds against the baseline (table <selected>)
+    and, if given, against a method."""
     path = str(RESULTS / "specs" / f"{spec}.toml")
-    chosen = [path, "--lambdas", "selected", "--seeds", str(seeds), "--dev-seeds", "3", "--paired"]
-    tables = [([path, "--lambdas", "grid", "--seeds", "3"], "figure2/mnist.db", spec),
-              (chosen, "figure2/mnist.db", selected)]
+    chosen = [path, "--lambdas", "selected", "--seeds", str(seeds), "--dev-seeds", str(dev_seeds), "--paired"]
+    tables = [([path, "--lambdas", "grid", "--seeds", str(dev_seeds)], db, spec), (chosen, db, selected)]
     if against is not None:
-        tables.append(([*chosen, "--against", against], "figure2/mnist.db", f"{selected}_vs-{against}"))
+        tables.append(([*chosen, "--against", against], db, f"{selected}_vs-{against}"))
     return tables
 
 
@@ -43,18 +42,15 @@ COMMITTED = [
     ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
     ([str(RESULTS / "specs" / "table4_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "5"], "mnist.db",
      "table4_datagrad_dev"),
-    ([str(RESULTS / "specs" / "table6_jacreg_dev.toml"), "--lambdas", "grid", "--seeds", "2"], "mnist.db",
-     "table6_jacreg_dev"),
-    ([str(RESULTS / "specs" / "table6_jacreg_dev.toml"), "--lambdas", "selected", "--seeds", "5", "--dev-seeds", "2",
-      "--paired"], "mnist.db", "table6_jacreg_selected"),
+    *_selection("table6_jacreg_dev", "table6_jacreg_selected", db="mnist.db", dev_seeds=2),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired"], "figure2/mnist.db",
      "figure2_devpicked"),
     ([str(RESULTS / "specs" / "figure2_devpicked.toml"), "--seeds", "3", "--paired", "--against", "DataGrad"],
      "figure2/mnist.db", "figure2_devpicked_vs-DataGrad"),
-    *_figure2_selection("figure2_20000_datagrad_dev", "figure2_20000_datagrad_selected", seeds=10),
-    *_figure2_selection("figure2_20000_spectreg_dev", "figure2_20000_spectreg_selected", seeds=10),
+    *_selection("figure2_20000_datagrad_dev", "figure2_20000_datagrad_selected", seeds=10),
+    *_selection("figure2_20000_spectreg_dev", "figure2_20000_spectreg_selected", seeds=10),
     *(table for size in ("500", "1000", "5000", "10000")
-      for table in _figure2_selection(f"figure2_{size}_dev", f"figure2_{size}_selected", against="SpectReg")),
+      for table in _selection(f"figure2_{size}_dev", f"figure2_{size}_selected", against="SpectReg")),
     ([str(RESULTS / "specs" / "figure2_tuned.toml"), "--seeds", "5", "--paired"], "figure2/mnist.db", "figure2_tuned"),
     ([str(RESULTS / "specs" / "figure2_tuned.toml"), "--seeds", "5", "--paired", "--against", "DataGrad"],
      "figure2/mnist.db", "figure2_tuned_vs-DataGrad"),
