@@ -525,14 +525,37 @@ def test_cli_set_overrides_every_run_of_sweep_and_report(tmp_path):
 def test_cli_default_database_is_named_by_the_experiments_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     missing = runner.invoke(app, ["report", "sin2", "--smoke"])
-    assert missing.exit_code == 2 and "no results database at results/sin.db" in missing.output
+    assert missing.exit_code == 2 and "no results database at results/smoke/sin.db" in missing.output
     swept = runner.invoke(app, ["sweep", "sin2", "--smoke", "--workers", "1", "--no-progress"])
-    assert swept.exit_code == 0 and "database results/sin.db" in swept.output, swept.output
-    assert sorted(p.name for p in (tmp_path / "results").glob("*.db")) == ["sin.db"]
+    assert swept.exit_code == 0 and "database results/smoke/sin.db" in swept.output, swept.output
+    # smoke runs get their own folder: never mixed into the databases a reproduction commits
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.db")) == ["results/smoke/sin.db"]
     # table7 shares sin2's SIN baseline runs: same database, nothing retrained
     again = runner.invoke(app, ["sweep", "table7", "--smoke", "--workers", "1", "--no-progress"])
     assert again.exit_code == 0 and "1 already in the database" in again.output, again.output
     assert runner.invoke(app, ["report", "sin2", "--smoke"]).exit_code == 0
+
+
+def test_smoke_sweep_refuses_a_database_of_full_runs_and_leaves_it_untouched(tmp_path):
+    db = tmp_path / "sin.db"
+    full = get_experiment("sin2").runs()[0]
+    with ResultStore(db) as store:
+        store.claim(full, owner_id())
+        store.finish(RunResult(config=full, status="done", metrics={"test_mse": 0.1}), owner_id())
+    before = db.read_bytes()
+    refused = runner.invoke(app, ["sweep", "sin2", "--smoke", "--db", str(db), "--workers", "1", "--no-progress"])
+    assert refused.exit_code == 2, refused.output
+    assert "holds 1 full run(s)" in refused.output and "results/smoke/<dataset>.db" in refused.output
+    assert db.read_bytes() == before
+    with ResultStore(db) as store:
+        assert len(store) == store.count_full_runs() == 1
+    # a database of smoke runs takes more of them
+    scratch = str(tmp_path / "scratch.db")
+    for _ in range(2):
+        ok = runner.invoke(app, ["sweep", "sin2", "--smoke", "--db", scratch, "--workers", "1", "--no-progress"])
+        assert ok.exit_code == 0, ok.output
+    with ResultStore(scratch) as store:
+        assert len(store) > 0 and store.count_full_runs() == 0
 
 
 def test_experiment_database_is_its_first_cells_dataset():

@@ -12,7 +12,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Gradient regularization for PyTorch: train, sweep, report, plot.")
 
 RESULTS_DIR = Path("results")
-DB_HELP = "results database (SQLite; default: results/<dataset>.db, e.g. results/mnist.db)"
+DB_HELP = ("results database (SQLite; default: results/<dataset>.db, e.g. results/mnist.db; with --smoke "
+           "results/smoke/<dataset>.db)")
 
 
 def _parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
@@ -185,8 +186,23 @@ def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_se
     _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
 
 
-def _db(db: Optional[Path], exp) -> Path:
-    return db if db is not None else RESULTS_DIR / f"{exp.database}.db"
+def _db(db: Optional[Path], exp, *, smoke: bool = False) -> Path:
+    """``--db``, else results/<dataset>.db; for --smoke results/smoke/<dataset>.db, so that a pipeline
+    check never lands among the runs a reproduction commits."""
+    if db is not None:
+        return db
+    return (RESULTS_DIR / "smoke" if smoke else RESULTS_DIR) / f"{exp.database}.db"
+
+
+def _refuse_smoke_beside_full_runs(db: Path) -> None:
+    from .store import ResultStore
+    if not db.exists():
+        return
+    with ResultStore(db) as store:
+        full = store.count_full_runs()
+    if full:
+        _fail(f"--smoke would add pipeline-check runs to {db}, which holds {full} full run(s); give a scratch "
+              f"--db (without --db, --smoke uses results/smoke/<dataset>.db)")
 
 
 def _existing_store(db: Path, experiment: str):
@@ -262,7 +278,9 @@ def sweep(
     from .sweep import default_workers, run_sweep
 
     exp = _experiment(experiment, set_, grid_window, row)
-    db = _db(db, exp)
+    db = _db(db, exp, smoke=smoke)
+    if smoke:
+        _refuse_smoke_beside_full_runs(db)
     try:
         plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     except ValueError as e:  # e.g. --seeds outside [1, DEV_SEED_OFFSET)
@@ -309,7 +327,7 @@ def report(
                          write_grid_csv)
 
     exp = _experiment(experiment, set_, grid_window, row, against)
-    db = _db(db, exp)
+    db = _db(db, exp, smoke=smoke)
     if lambdas == "grid" and smoke:
         _fail("--smoke reports the paper or selected phase, not the grid")
     _check_grid_options(lambdas, against, paired)

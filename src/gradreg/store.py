@@ -407,6 +407,12 @@ class ResultStore:
         with self._lock:
             return int(self.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
+    def count_full_runs(self) -> int:
+        """Number of runs with uncapped evaluation (``config.max_eval`` unset), i.e. not smoke runs."""
+        with self._lock:
+            return int(self.conn.execute(
+                "SELECT COUNT(*) FROM runs WHERE json_extract(config, '$.max_eval') IS NULL").fetchone()[0])
+
     def compact(self) -> None:
         """Compress the large ``curve``/``extras`` values written before compression existed, checkpoint
         the WAL and VACUUM: the smallest single file, e.g. before committing it."""
