@@ -96,6 +96,35 @@ def test_each_of_several_curves_is_compared_with_its_own_zero():
     assert e.reference(e.cell("dg", "50")) is e.cell("dg", "0")
 
 
+COLUMNS = [{"name": "small", "run": {"train_size": 50}},
+           {"name": "large", "run": {"train_size": 200, "overrides": {"lr": 0.01}}}]
+
+
+def test_columns_give_each_cell_their_settings_and_a_lambda_table_one_lambda_each():
+    e = experiment_from_dict({
+        "run": {"dataset": "digits", "overrides": {"steps": 20}},
+        "columns": COLUMNS,
+        "cells": [{"row": "plain", "baseline": True},
+                  {"row": "SpectReg", "term": "spectreg", "lambda": {"small": 0.1, "large": 0.01}},
+                  {"row": "DataGrad", "term": "datagrad", "lambda": {"small": 3}, "grid": [1, 10, 30]},
+                  {"row": "CP", "term": "confidence_penalty", "lambda": 0.3, "column": "large",
+                   "run": {"overrides": {"steps": 30}}}],
+    })
+    assert e.columns == ("small", "large") and e.rows == ("plain", "SpectReg", "DataGrad", "CP")
+    written = experiment_from_dict({"run": {"dataset": "digits"}, "cells": [  # the same, cell by cell
+        {"row": "plain", "column": "small", "baseline": True, "run": {"train_size": 50, "overrides": {"steps": 20}}},
+        {"row": "plain", "column": "large", "baseline": True,
+         "run": {"train_size": 200, "overrides": {"steps": 20, "lr": 0.01}}}]})
+    assert e.cells[:2] == written.cells
+    assert [e.cell("SpectReg", c).paper_lambda for c in e.columns] == [0.1, 0.01]
+    small, large = e.cell("DataGrad", "small"), e.cell("DataGrad", "large")
+    assert (small.paper_lambda, large.paper_lambda, large.lambda_for_paper_mode) == (3.0, None, 10.0)
+    cp = e.cell("CP", "large")
+    assert [c.key for c in e.cells if c.row == "CP"] == [("CP", "large")]
+    assert cp.config.train_size == 200 and dict(cp.config.overrides) == {"steps": 30, "lr": 0.01}
+    assert e.reference(cp) is e.cell("plain", "large")
+
+
 def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     e = experiment_from_dict({"cells": [{"row": "s", "term": "spectreg", "grid": [0.001, 0.01, 0.1]}]})
     assert e.cells[0].lambda_for_paper_mode == 0.01 and e.cells[0].paper_lambda is None
@@ -155,6 +184,24 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"cells": [{"row": "a"}, {"row": "a"}]}, "duplicate cells"),
     ({"seeds": 0, "cells": [{"row": "a"}]}, "seeds must lie in"),
     ({"cells": [{"row": "a"}], "run": 3}, "[run] must be a table"),
+    ({"columns": [], "cells": [{"row": "a"}]}, "columns must be one or more [[columns]] entries"),
+    ({"columns": [{"run": {}}], "cells": [{"row": "a"}]}, "columns[0]: needs a name"),
+    ({"columns": [{"name": "x", "size": 3}], "cells": [{"row": "a"}]}, "columns[0]: unknown key(s) 'size'; valid: name, run"),
+    ({"columns": [{"name": "x"}, {"name": "x"}], "cells": [{"row": "a"}]}, "columns[1]: duplicate column name 'x'"),
+    ({"columns": [{"name": "x", "run": {"train_size": 0}}], "cells": [{"row": "a"}]}, "columns[0]: train_size must be >= 1"),
+    ({"columns": [{"name": "x", "run": {"stepz": 1}}], "cells": [{"row": "a"}]}, "columns[0]: run: unknown key(s) 'stepz'"),
+    ({"columns": COLUMNS, "cells": [{"row": "a", "column": "medium"}]},
+     "cells[0]: column 'medium' is not one of the [[columns]]: 'small', 'large'"),
+    ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"smal": 1, "small": 1}}]},
+     "cells[0]: lambda names column(s) 'smal' the cell does not run in; valid: 'small', 'large'"),
+    ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"small": 1}}]},
+     "cells[0]: column 'large': term 'spectreg' needs a lambda, lambdas or a grid"),
+    ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"small": -1, "large": 1}}]},
+     "cells[0]: column 'small': lambda must be a finite number >= 0, got -1"),
+    ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1]}]},
+     "lambdas (a λ curve: one column per value) goes without [[columns]]"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": {"x": 1}}]}, "lambda as a table (one λ per column) needs [[columns]]"),
+    ({"columns": COLUMNS, "cells": [{"baseline": True}]}, "cells[0]: needs a row"),
 ])
 def test_bad_specs_fail_naming_the_key_and_what_is_valid(data, message):
     with pytest.raises(ValueError) as info:

@@ -33,6 +33,27 @@ where a file has several)::
     term = "datagrad"
     lambdas = [0, 1, 3, 10]
 
+Several columns that differ in their run settings (training-set sizes, say), and rows that run in every
+column: list the columns once, with what sets each apart; a cell without a ``column`` then runs in each of
+them, and its ``lambda`` may be a table giving each column its own λ (a column it leaves out falls back to
+the cell's ``grid``, as above)::
+
+    [[columns]]
+    name = "500"
+    run = { train_size = 500 }
+
+    [[columns]]
+    name = "5000"
+    run = { train_size = 5000 }
+
+    [[cells]]
+    row = "DataGrad"
+    term = "datagrad"
+    lambda = { "500" = 300, "5000" = 100 }
+
+A cell that names a ``column`` runs in that one only. Run settings merge file ``[run]``, then the
+column's ``run``, then the cell's ``run``.
+
 Your own model (or dataset, regularizer, recipe): register it in a Python file and list the file in
 ``imports``; it is imported when the file is read and in every sweep worker (:mod:`gradreg.plugins`)::
 
@@ -43,7 +64,8 @@ Your own model (or dataset, regularizer, recipe): register it in a Python file a
 
 Top-level keys: ``name``, ``title``, ``source`` (default: the file's path), ``seeds``, ``kind``
 (``"table"`` or ``"figure"``), ``notes``, ``metric`` (every cell's default: ``test_acc``, ``test_top5``,
-``test_mse`` or ``train_mse``), ``imports``, ``[run]`` and ``[[cells]]``. Cell keys: ``row`` (required),
+``test_mse`` or ``train_mse``), ``imports``, ``[run]``, ``[[columns]]`` (keys ``name`` and ``run``) and
+``[[cells]]``. Cell keys: ``row`` (required),
 ``column`` (default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
 ``paper`` (a published ``[mean, std]`` to print beside yours) and ``run`` (RunConfig fields over the
 file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` but no ``lambda`` runs the
@@ -74,7 +96,8 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["load_experiment", "experiment_from_dict", "is_spec_path"]
 
-_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "cells")
+_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "columns", "cells")
+_COLUMN_KEYS = ("name", "run")
 _CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "baseline", "metric", "paper", "run")
 # RunConfig's fields as TOML spells them; seed is set per run and terms by each cell's term and λ.
 _RUN_TYPES: dict[str, type] = {"dataset": str, "train_size": int, "model": str, "batchnorm": bool, "recipe": str,
@@ -127,6 +150,7 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
         RunConfig.from_dict(run)  # the shared settings' errors, reported once and as theirs
     except (TypeError, ValueError) as e:
         raise ValueError(f"[run]: {e}") from None
+    columns = _columns(data, run)
     cells_data = data.get("cells")
     if not isinstance(cells_data, list) or not cells_data:
         raise ValueError("needs at least one [[cells]] entry")
@@ -137,7 +161,13 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
         entry = _table(entry, where)
         _check_keys(entry, _CELL_KEYS, where)
         try:
-            cells += _cells(entry, run, metric)
+            if "row" not in entry:
+                raise ValueError("needs a row")
+            for placed, shared in _per_column(entry, columns, run):
+                try:
+                    cells += _cells(placed, shared, metric)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"column {placed['column']!r}: {e}" if columns else str(e)) from None
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
     top = "top level"
@@ -147,15 +177,82 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
                       notes=_get(data, "notes", str, top, ""), db_name=name, imports=imports)
 
 
-def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
-    if "row" not in entry:
-        raise ValueError("needs a row")
-    own = _table(entry.get("run", {}), "run")
-    _check_run(own, "run")
+def _merge(run: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` run settings over ``run``'s, ``overrides`` merged key by key."""
     merged = run | own
     if "overrides" in run or "overrides" in own:
         merged["overrides"] = dict(run.get("overrides", {})) | dict(own.get("overrides", {}))
-    config = RunConfig.from_dict(merged)
+    return merged
+
+
+def _columns(data: dict[str, Any], run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``[[columns]]``: each column's name and the run settings its cells share ([run] and its own)."""
+    if "columns" not in data:
+        return {}
+    entries = data["columns"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"columns must be one or more [[columns]] entries (keys: {', '.join(_COLUMN_KEYS)}), "
+                         f"got {entries!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        where = f"columns[{i}]"
+        entry = _table(entry, where)
+        _check_keys(entry, _COLUMN_KEYS, where)
+        name = _get(entry, "name", str, where, None)
+        if name is None:
+            raise ValueError(f"{where}: needs a name")
+        if name in out:
+            raise ValueError(f"{where}: duplicate column name {name!r}")
+        own = _table(entry.get("run", {}), f"{where}: run")
+        _check_run(own, f"{where}: run")
+        out[name] = _merge(run, own)
+        try:
+            RunConfig.from_dict(out[name])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
+    return out
+
+
+def _per_column(entry: dict[str, Any], columns: dict[str, dict[str, Any]],
+                run: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The cell entry once per column it runs in, each with that column's shared run settings: without
+    [[columns]] the entry as written; with them every column, or the one it names, a ``lambda`` table
+    giving each column its own λ."""
+    lam = entry.get("lambda")
+    if not columns:
+        if isinstance(lam, dict):
+            raise ValueError("lambda as a table (one λ per column) needs [[columns]]")
+        return [(entry, run)]
+    valid = ", ".join(map(repr, columns))
+    if "lambdas" in entry:
+        raise ValueError("lambdas (a λ curve: one column per value) goes without [[columns]]")
+    if "column" in entry:
+        name = _get(entry, "column", str, "", None)
+        if name not in columns:
+            raise ValueError(f"column {name!r} is not one of the [[columns]]: {valid}")
+        names = [name]
+    else:
+        names = list(columns)
+    if isinstance(lam, dict):
+        unknown = sorted(set(lam) - set(names))
+        if unknown:
+            raise ValueError(f"lambda names column(s) {', '.join(map(repr, unknown))} the cell does not run in; "
+                             f"valid: {', '.join(map(repr, names))}")
+    out = []
+    for name in names:
+        placed = dict(entry, column=name)
+        if isinstance(lam, dict):
+            del placed["lambda"]
+            if name in lam:
+                placed["lambda"] = lam[name]
+        out.append((placed, columns[name]))
+    return out
+
+
+def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
+    own = _table(entry.get("run", {}), "run")
+    _check_run(own, "run")
+    config = RunConfig.from_dict(_merge(run, own))
     term = _get(entry, "term", str, "", None)
     if term is not None and "lambda" not in entry and "lambdas" not in entry and not entry.get("grid"):
         raise ValueError(f"term {term!r} needs a lambda, lambdas or a grid")
