@@ -40,6 +40,7 @@ COMMITTED = [
      "table4_SpectReg_selected"),
     (["table6"], "mnist.db", "table6"),
     ([str(RESULTS / "specs" / "figure4_strip.toml")], "mnist.db", "figure4_strip"),
+    ([str(RESULTS / "specs" / "figure4_wd_probe.toml")], "mnist.db", "figure4_wd_probe"),
     ([str(RESULTS / "specs" / "table4_datagrad_dev.toml"), "--lambdas", "grid", "--seeds", "5"], "mnist.db",
      "table4_datagrad_dev"),
     *_selection("table6_jacreg_dev", "table6_jacreg_selected", db="mnist.db", dev_seeds=2),
