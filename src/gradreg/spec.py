@@ -144,8 +144,7 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
         raise ValueError(f"imports must be a list of module names or .py files, got {imports!r}")
     imports = resolve_imports(imports, base)
     import_plugins(imports)  # before the checks below: they look the user's model up in the registry
-    run = _table(data.get("run", {}), "[run]")
-    _check_run(run, "[run]")
+    run = _settings({}, data.get("run", {}), "[run]")
     try:
         RunConfig.from_dict(run)  # the shared settings' errors, reported once and as theirs
     except (TypeError, ValueError) as e:
@@ -177,8 +176,11 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
                       notes=_get(data, "notes", str, top, ""), db_name=name, imports=imports)
 
 
-def _merge(run: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
-    """``own`` run settings over ``run``'s, ``overrides`` merged key by key."""
+def _settings(run: dict[str, Any], value: Any, where: str) -> dict[str, Any]:
+    """The run settings table ``value`` (named ``where`` in errors), checked, over ``run``'s with
+    ``overrides`` merged key by key."""
+    own = _table(value, where)
+    _check_run(own, where)
     merged = run | own
     if "overrides" in run or "overrides" in own:
         merged["overrides"] = dict(run.get("overrides", {})) | dict(own.get("overrides", {}))
@@ -203,9 +205,7 @@ def _columns(data: dict[str, Any], run: dict[str, Any]) -> dict[str, dict[str, A
             raise ValueError(f"{where}: needs a name")
         if name in out:
             raise ValueError(f"{where}: duplicate column name {name!r}")
-        own = _table(entry.get("run", {}), f"{where}: run")
-        _check_run(own, f"{where}: run")
-        out[name] = _merge(run, own)
+        out[name] = _settings(run, entry.get("run", {}), f"{where}: run")
         try:
             RunConfig.from_dict(out[name])
         except (TypeError, ValueError) as e:
@@ -250,9 +250,7 @@ def _per_column(entry: dict[str, Any], columns: dict[str, dict[str, Any]],
 
 
 def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
-    own = _table(entry.get("run", {}), "run")
-    _check_run(own, "run")
-    config = RunConfig.from_dict(_merge(run, own))
+    config = RunConfig.from_dict(_settings(run, entry.get("run", {}), "run"))
     term = _get(entry, "term", str, "", None)
     if term is not None and "lambda" not in entry and "lambdas" not in entry and not entry.get("grid"):
         raise ValueError(f"term {term!r} needs a lambda, lambdas or a grid")
