@@ -152,31 +152,6 @@ def _figure_sizes(experiment, stats, store, out_dir):
     return fig
 
 
-def _figure_lambda_weight(experiment, stats, store, out_dir):
-    plt = _pyplot()
-    series = _series(experiment, stats)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (row, points) in enumerate(series.items()):
-        done = [(x, st) for x, st in points if st.n]
-        if not done:
-            continue
-        xs = [x for x, _ in done]
-        axes[0].errorbar(xs, [st.mean for _, st in done],
-                         yerr=[0 if math.isnan(st.std) else st.std for _, st in done],
-                         color=f"C{i}", marker="o", capsize=3, label=row)
-        axes[1].plot(xs, [sum(st.extra.get("weight_sq_norm", [math.nan])) / max(1, len(st.extra.get("weight_sq_norm", [])))
-                          for _, st in done], color=f"C{i}", marker="o", label=row)
-    for ax, ylabel in zip(axes, ("test accuracy (%)", "squared weight norm Σw²")):
-        ax.set_xscale("log")
-        ax.set_xlabel("DataGrad λ (paper convention)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        _legend(ax, fontsize=7)
-    axes[1].set_yscale("log")
-    fig.suptitle(experiment.title, fontsize=10)
-    return fig
-
-
 def _figure_curves(experiment, stats, store, out_dir):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -196,19 +171,17 @@ def _figure_curves(experiment, stats, store, out_dir):
     return fig
 
 
-def _figure_sin(experiment, stats, store, out_dir, zoom: tuple[float, float] | None = None):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+def _sin_fits(ax, store, fits, zoom=None):
+    """Draw SIN fits, ``fits`` a list of (label, run key), with the training points of the first one
+    found and the true function; runs without a stored fit are skipped."""
     grid = [-1 + 2 * i / 899 for i in range(900)]  # the SIN test grid (data.py)
     plotted_train = False
-    for i, st in enumerate(stats):
-        key = st.cell.run(st.lam, 0).key()
+    for i, (label, key) in enumerate(fits):
         row = store.get(key)
         if not row or row["status"] != "done" or not (row.get("extras") or {}).get("test_pred"):
             continue
         ex = row["extras"]
-        lam = st.lam or 0.0
-        ax.plot(grid, ex["test_pred"], color=f"C{i}", lw=1.2, label=f"λ={lam:g}")
+        ax.plot(grid, ex["test_pred"], color=f"C{i}", lw=1.2, label=label)
         if not plotted_train:
             ax.scatter(ex["train_x"], ex["train_y"], s=10, color="k", zorder=5, label="training points")
             plotted_train = True
@@ -219,9 +192,15 @@ def _figure_sin(experiment, stats, store, out_dir, zoom: tuple[float, float] | N
         ax.set_ylim(min(ys) - 0.25, max(ys) + 0.25)
     ax.set_xlabel("x")
     ax.set_ylabel("network output")
-    ax.set_title(experiment.title + " (seed 0)", fontsize=10)
     _legend(ax, fontsize=7)
     ax.grid(alpha=0.3)
+
+
+def _figure_sin(experiment, stats, store, out_dir):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    _sin_fits(ax, store, [(f"λ={st.lam or 0.0:g}", st.cell.run(st.lam, 0).key()) for st in stats])
+    ax.set_title(experiment.title + " (seed 0)", fontsize=10)
     return fig
 
 
@@ -334,9 +313,11 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     elif name == "figure3":
         fig = _figure_curves(experiment, stats, store, out_dir)
     elif name == "figure4":
-        fig = _figure_lambda_weight(experiment, stats, store, out_dir)
+        from .plots_paper import figure4
+        fig = figure4(experiment, store, seeds)
     elif name == "figure6":
-        fig = _figure_sin(experiment, stats, store, out_dir, zoom=(0.1, 0.5))
+        from .plots_paper import figure6
+        fig = figure6(experiment, store)
     elif name == "figure5":
         fig = _figure_sin(experiment, stats, store, out_dir)
     else:
