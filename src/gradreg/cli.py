@@ -382,6 +382,20 @@ def plot(
     typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
+@app.callback()
+def _process_options(
+    flush_denormal: Optional[bool] = typer.Option(
+        None, "--flush-denormal/--no-flush-denormal",
+        help="flush subnormal floats to zero on CPU (default: on, or the GRADREG_FLUSH_DENORMAL "
+             "environment variable): late training steps run several times faster, results agree to "
+             "the last float digits (results/REPRODUCTION.md); sweep workers inherit it"),
+) -> None:
+    from .numerics import set_default_flush_denormal
+
+    # Set here, before any command runs torch, so that torch's intra-op threads inherit the mode.
+    set_default_flush_denormal(flush_denormal)
+
+
 def main() -> None:  # console script entry point
     try:
         app()

@@ -30,8 +30,8 @@ from torch.func import functional_call
 
 from . import data as data_mod
 from .models import StreamDropout, use_dropout_stream
-from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, init_model, make_optimizer,
-                    mark_nonfinite_diverged, metrics, resolve_device, term_weights)
+from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, flushing_subnormals, init_model,
+                    make_optimizer, mark_nonfinite_diverged, metrics, resolve_device, term_weights)
 
 __all__ = ["GroupedModel", "train_group", "group_key", "groupable", "GROUPABLE_MODELS"]
 
@@ -247,6 +247,7 @@ def _own_outputs(model: GroupedModel, x: Tensor, rows: Tensor, batch_size: int) 
     return torch.cat(chunks, dim=1)
 
 
+@flushing_subnormals
 def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | None = None, data_dir=None,
                 device: str | torch.device = "auto", progress: bool = True) -> list[RunResult]:
     """Train runs that share a :func:`group_key` together; one :class:`RunResult` per config, in order.

@@ -231,6 +231,9 @@ def _init_worker(threads: int, imports: tuple[str, ...]) -> None:
 
     import torch
 
+    from .numerics import set_default_flush_denormal
+
+    set_default_flush_denormal()  # the parent's setting (environment), before torch starts its threads
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -313,6 +316,9 @@ def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, thread
     """A ray task: train one task's runs and return plain data (the driver stores it), errors included."""
     import torch
 
+    from .numerics import set_default_flush_denormal
+
+    set_default_flush_denormal()  # from this process's GRADREG_FLUSH_DENORMAL (default: on)
     torch.set_num_threads(threads)
     start = time.perf_counter()
     out: dict[str, Any] = {"versions": runtime_versions(), "device": None}

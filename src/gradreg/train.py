@@ -7,6 +7,7 @@ changing one never shifts another. The same config gives the same numbers on the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from . import data as data_mod
 from .models import create_model, use_dropout_stream
+from .numerics import flush_denormal as _flush_denormal
 from .objective import Objective, paper_weight
 from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from .regularizers import get_regularizer
@@ -232,12 +234,30 @@ def use_channels_last(memory_format: str, device: torch.device, input_dim: int) 
     return memory_format == "channels_last" or device.type == "cpu"
 
 
+def flushing_subnormals(fn):
+    """Give a training function the keyword ``flush_denormal`` (bool or None: the process default,
+    :func:`gradreg.numerics.default_flush_denormal`): subnormal floats are flushed to zero on CPU for the
+    whole call, training and evaluation, and each result's ``extras["flush_denormal"]`` records whether
+    they were, as measured. An execution setting like the memory format: it changes speed and the last
+    float digits, not the run, so it is not part of the run key (``results/REPRODUCTION.md``)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, flush_denormal: bool | None = None, **kwargs: Any):
+        with _flush_denormal(flush_denormal) as flushed:
+            out = fn(*args, **kwargs)
+        for result in out if isinstance(out, list) else [out]:
+            result.extras["flush_denormal"] = flushed
+        return out
+    return wrapper
+
+
+@flushing_subnormals
 def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_dir=None,
           device: str | torch.device = "auto", progress: bool = True, keep_model: bool = False,
           memory_format: str = "auto") -> RunResult:
     """Train one run and return its metrics. A non-finite loss stops it early as ``diverged``.
 
-    ``memory_format`` (:func:`use_channels_last`) changes speed and the last float digits, not the run.
+    ``memory_format`` (:func:`use_channels_last`) and ``flush_denormal`` (:func:`flushing_subnormals`,
+    on by default) change speed and the last float digits, not the run.
     """
     start = time.perf_counter()
     dev = resolve_device(device)
