@@ -382,6 +382,19 @@ def plot(
     typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
+@app.command()
+def index(results: Path = typer.Option(Path("results"), help="the results folder")):
+    """Write results/README.md (per paper item: verdict, tables, figures) and the summary table at the
+    top of results/REPRODUCTION.md, from the committed report CSVs (gradreg.results_index)."""
+    from .results_index import write_index
+
+    try:
+        paths = write_index(results)
+    except (OSError, ValueError, KeyError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
 @app.callback()
 def _process_options(
     flush_denormal: Optional[bool] = typer.Option(
