@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gradreg.sweep as sweep_mod
+from gradreg.data import DataError
 from gradreg.models import MODELS
 from gradreg.plugins import import_plugins
 from gradreg.store import ResultStore, owner_id
@@ -57,8 +58,12 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
     again = run_sweep([missing, diverging, ok], db, data_dir=empty, progress=False)
     assert (again.skipped, again.failed) == (3, 0)  # failed runs are not retried by default
-    retried = run_sweep([missing, diverging, ok], db, data_dir=empty, retry_failed=True, progress=False)
-    assert (retried.skipped, retried.failed) == (2, 1)
+    assert again.failed_before == 1
+    # Retried alone, the missing data fails the only dataset left: the sweep stops with the data error.
+    with pytest.raises(DataError, match="MNIST not found.*stopped the sweep: every mnist run needs this data"):
+        run_sweep([missing, diverging, ok], db, data_dir=empty, retry_failed=True, progress=False)
+    with ResultStore(db) as store:
+        assert store.get(missing.key())["status"] == "failed"
 
 
 def test_a_raising_run_is_failed_with_its_traceback(tmp_path, monkeypatch):

@@ -41,9 +41,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the store itself never needs torch: keep importing it cheap
     from .train import RunConfig, RunResult
 
-__all__ = ["ResultStore", "STATUSES", "owner_id", "owner_alive", "runtime_versions", "to_json"]
+__all__ = ["ResultStore", "SCHEMA_VERSION", "STATUSES", "StoreError", "owner_id", "owner_alive", "runtime_versions",
+           "to_json"]
 
 STATUSES = ("running", "done", "diverged", "failed")
+# The layout of the runs table, kept in SQLite's user_version: a database of a newer layout is refused,
+# never written (a newer gradreg may give its rows meanings this one would miscount or overwrite).
+# 0 is a database written before the version was recorded; its layout is version 1's.
+SCHEMA_VERSION = 1
 FINISHED = ("done", "diverged")
 DEFAULT_STALE_AFTER = 300.0
 
@@ -70,6 +75,12 @@ _COLUMNS = ("key", "config", "status", "metrics", "curve", "extras", "error", "s
             "started", "finished", "versions", "device")
 _JSON_COLUMNS = ("config", "metrics", "curve", "extras", "versions")
 _MAX_SQL_VARIABLES = 500  # well below SQLite's lowest compiled-in limit (999)
+
+
+class StoreError(RuntimeError):
+    """The results database cannot be used: not a SQLite file, another program's database, written by a
+    newer gradreg, locked, or in a place that cannot be read or written. The message names the file and
+    what to do."""
 
 
 def owner_id() -> str:
@@ -199,20 +210,108 @@ class ResultStore:
     """
 
     def __init__(self, path: str | os.PathLike, *, timeout: float = 60.0,
-                 stale_after: float = DEFAULT_STALE_AFTER) -> None:
+                 stale_after: float = DEFAULT_STALE_AFTER, readonly: bool = False) -> None:
         self.path = Path(path).expanduser().absolute()
         self.stale_after = float(stale_after)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = self._open(timeout)
+            self._check_schema()
+        except sqlite3.Error as exc:
+            self.close()
+            raise self._explain(exc, timeout) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        if self.readonly:
+            # mode=ro: reading never writes, so a database in a read-only folder (or a read-only copy) can
+            # be reported; no WAL pragma, which is a write. A WAL database whose -shm cannot be created
+            # there opens as immutable (nothing else can be writing where nobody may write).
+            if not self.path.is_file():
+                raise StoreError(f"{self.path}: no such results database")
+            uri = self.path.as_uri()
+            try:
+                conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                if os.access(self.path.parent, os.W_OK):
+                    raise
+                conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout, isolation_level=None,
+                                       check_same_thread=False)
+            return conn
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir() or any(p.exists() and not p.is_dir() for p in parent.parents):
+            blocker = next(p for p in [parent, *parent.parents] if p.exists() and not p.is_dir())
+            raise StoreError(f"{self.path}: cannot create the results database there, {blocker} is a file, not a "
+                             "folder; pass another --db")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create its folder ({exc.strerror}); pass a --db in a folder "
+                             "you can write") from exc
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(f"{self.path}: the folder {parent} is not writable (a sweep writes the database and "
+                             "its -wal/-shm files there); pass a --db in a folder you can write")
         # isolation_level=None: no implicit transactions; each method opens and ends its own.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
-        with self._transaction() as conn:
+        conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self._conn = conn
+        self._check_schema()  # before the first write: a foreign or newer database is never changed
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
+        with self._transaction() as tx:
             for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
+                tx.execute(statement)
+            if tx.execute("PRAGMA user_version").fetchone()[0] == 0:
+                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return conn
+
+    def _check_schema(self) -> None:
+        """Refuse a database written by a newer gradreg, or by another program (tables, but no runs table
+        of ours): either would be misread, and a sweep would write rows into it."""
+        conn = self.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: written by a newer gradreg (database schema version {version}; this "
+                             f"gradreg reads up to {SCHEMA_VERSION}); upgrade gradreg (pip install -U gradreg) or "
+                             "pass another --db. The file was not changed.")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if "runs" not in tables:
+            if tables:
+                raise StoreError(f"{self.path}: a SQLite database of another program (tables: "
+                                 f"{', '.join(sorted(tables)[:5])}), not a gradreg results database; pass "
+                                 "another --db. The file was not changed.")
+            if self.readonly:
+                raise StoreError(f"{self.path}: an empty SQLite database, no gradreg results in it")
+            return
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+        missing = [c for c in _COLUMNS if c not in columns]
+        if missing:
+            raise StoreError(f"{self.path}: its runs table lacks the column(s) {', '.join(missing)}, so it is not "
+                             "a gradreg results database (or a damaged one); pass another --db. The file was "
+                             "not changed.")
+
+    def _explain(self, exc: sqlite3.Error, timeout: float) -> StoreError:
+        """An SQLite error at opening, as what it means for the user."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+            return StoreError(f"{self.path}: not a SQLite database, or a damaged one ({text}); move it aside "
+                              "and pass another --db (or restore it from a copy)")
+        if "locked" in text or "busy" in text:
+            return StoreError(f"{self.path}: locked by another process for more than {timeout:g}s ({text}); wait "
+                              "for it to finish, or pass another --db")
+        if "readonly" in text or "read-only" in text:
+            return StoreError(f"{self.path}: the database (or its folder) is read-only ({text}); a sweep needs "
+                              "to write it: copy it somewhere writable and pass that --db")
+        if "unable to open" in text:
+            return StoreError(f"{self.path}: cannot open it ({text}); check that the path and its folder "
+                              "exist and are readable, or pass another --db")
+        return StoreError(f"{self.path}: cannot use it as a results database ({text})")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -269,6 +368,8 @@ class ResultStore:
                     return False
                 if status == "running" and owner_alive(old_owner, beat, stale_after=self.stale_after, now=now):
                     return False
+                if status not in STATUSES:  # another program's or a newer gradreg's row: never overwritten
+                    return False
             conn.execute(
                 "INSERT OR REPLACE INTO runs (key, config, status, owner, heartbeat, started, versions) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?)",
@@ -303,6 +404,16 @@ class ResultStore:
                  to_packed(result.extras), result.error, float(result.seconds), now, now,
                  to_json(versions if versions is not None else runtime_versions()), device, key))
         return True
+
+    def fail_abandoned(self, key: str, owner: str, error: str) -> bool:
+        """Record as failed ``owner``'s running row, where that owner (a sweep worker) died while training
+        it: the row is the dead worker's, so the caller is not its owner. False if the row is not held
+        by ``owner`` (it finished first, or another sweep took it over)."""
+        now = time.time()
+        with self._transaction() as conn:
+            cur = conn.execute("UPDATE runs SET status = 'failed', error = ?, heartbeat = ?, finished = ? "
+                               "WHERE key = ? AND owner = ? AND status = 'running'", (str(error), now, now, key, owner))
+        return cur.rowcount == 1
 
     def fail(self, config: "RunConfig", owner: str, error: str, *, seconds: float | None = None,
              device: str | None = None) -> bool:
@@ -398,10 +509,11 @@ class ResultStore:
             return dict(self._select(self.conn, "key, status", keys, None))
 
     def counts(self) -> dict[str, int]:
-        """Number of rows per status (every status listed, zeros included)."""
+        """Number of rows per status (every status listed, zeros included; a status this gradreg does not
+        know, if any row has one, is listed after them under its own name rather than miscounted)."""
         with self._lock:
             found = dict(self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
-        return {s: int(found.get(s, 0)) for s in STATUSES}
+        return {s: int(found.get(s, 0)) for s in STATUSES} | {s: int(n) for s, n in found.items() if s not in STATUSES}
 
     def __len__(self) -> int:
         with self._lock:

@@ -22,20 +22,21 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .grouped import group_key, groupable, train_group
 from .plugins import Imports, import_plugins, resolve_imports
-from .store import ResultStore, owner_id, runtime_versions
+from .errors import error_cause, group_failures
+from .store import STATUSES, ResultStore, owner_id, runtime_versions
 from .train import RunConfig, RunResult, resolve_device, train
+from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "SweepSummary", "auto_group_size", "default_workers", "plan_tasks", "run_sweep"]
 
@@ -51,7 +52,8 @@ class SweepSummary:
 
     ``total``: distinct runs asked for (configs with equal keys count once); ``skipped``: already in
     the store as done or diverged (or failed, unless ``retry_failed``); ``busy``: claimed by another
-    live sweep at the time, so left to it; ``done``/``diverged``/``failed``: trained by this call.
+    live sweep at the time, so left to it; ``done``/``diverged``/``failed``: trained by this call;
+    ``failures``: this call's failed runs grouped by cause (:func:`gradreg.errors.group_failures`).
     """
 
     total: int = 0
@@ -61,6 +63,9 @@ class SweepSummary:
     failed: int = 0
     seconds: float = 0.0
     busy: int = 0
+    failed_before: int = 0  # of ``skipped``: recorded as failed by an earlier sweep, not retried
+    failures: list[tuple[str, int, str]] = field(default_factory=list)  # (cause, count, a run key) of ``failed``
+    other_status: int = 0  # of ``skipped``: rows with a status this gradreg does not know (left alone)
 
 
 def default_workers(device: str = "auto") -> int:
@@ -176,6 +181,21 @@ def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) ->
                              f"tell data apart. Sweep into another database (--db; db_path in Python) to keep both.")
 
 
+def _stop_on_data_error(store: ResultStore, key: str, dataset: str, datasets: set[str], trained_ok: set[str]) -> None:
+    """Stop the sweep when a run failed because its dataset does not load, every run of the sweep uses
+    that dataset, and none has trained: the others would fail the same way, each after loading it again.
+    (Where other datasets' runs remain, those can succeed: the sweep goes on.)"""
+    from .data import DataError
+
+    if datasets != {dataset} or dataset in trained_ok:
+        return
+    row = store.get(key)
+    cause = error_cause(row["error"] if row else None)
+    if cause.startswith("DataError:"):
+        raise DataError(f"{cause.removeprefix('DataError: ')} (stopped the sweep: every {dataset} run needs this "
+                        "data; fix it, then run the sweep again with --retry-failed)")
+
+
 def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_dir: Any, device: str,
               retry_failed: bool, progress: bool) -> list[tuple[str, str]]:
     """Claim, train and store one task's runs; returns ``(key, outcome)`` per run (``OUTCOMES``).
@@ -256,49 +276,60 @@ def _pool_task(configs: list[RunConfig], db_path: str, data_dir: Any, device: st
                      retry_failed=retry_failed, progress=False)
 
 
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel queued runs and end the workers now, not after their current run finishes."""
-    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-        terminate()
-        return
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown() forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in procs:
-        proc.join(timeout=10)
-
-
 def _run_local_pool(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
                     workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool,
-                    imports: tuple[str, ...]) -> None:
-    """Train ``tasks`` in ``workers`` spawned processes (spawn: safe with torch and CUDA, same on every OS)."""
-    import multiprocessing
+                    imports: tuple[str, ...], say: Callable[[str], None]) -> None:
+    """Train ``tasks`` in ``workers`` spawned processes (:class:`~gradreg.workers.WorkerPool`).
+
+    A worker that dies mid-task costs that task alone: the runs it held are recorded as failed with
+    the cause (its claimed rows are its, and it is gone), runs it had not yet claimed go back to the
+    queue, a replacement worker takes the next task, and ``say`` gets one line about it."""
+    import socket
 
     keys = [c.key() for task in tasks for c in task]
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads, imports))
+    pool = WorkerPool(min(workers, len(tasks)), initializer=_init_worker, initargs=(threads, imports))
     try:
-        pending: set[Future] = {pool.submit(_pool_task, t, str(store.path), data_dir, device, retry_failed)
-                                for t in tasks}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                for key, outcome in fut.result():  # _run_task turns training errors into "failed" itself
+        queue = list(tasks)
+        for event in pool.run(queue, _pool_task, lambda t: (t, str(store.path), data_dir, device, retry_failed)):
+            if event.kind == "ok":
+                for key, outcome in event.value:  # _run_task turns training errors into "failed" itself
                     record(key, outcome)
-    except BrokenProcessPool as exc:
-        _stop_pool(pool)
-        store.release_dead(keys)
-        raise RuntimeError("a sweep worker process died abruptly (killed, out of memory, or a crash in native "
-                           "code); finished runs are stored: run the sweep again to resume") from exc
+            elif event.kind == "error":  # the task function itself raised (e.g. the worker's imports)
+                head, sep, imports_error = event.value.partition("ValueError: imports: ")
+                raise ValueError("imports: " + imports_error if sep else
+                                 "a sweep worker failed outside any run:\n" + event.value)
+            else:
+                _worker_died(store, event, socket.gethostname(), record, queue, say)
     except BaseException:
-        _stop_pool(pool)
+        pool.terminate()
         store.release_dead(keys)  # the stopped workers' rows: nothing of them finished
         raise
-    pool.shutdown(wait=True)
+    pool.close()
+
+
+def _worker_died(store: ResultStore, event: Any, host: str, record: Callable[[str, str], None],
+                 queue: list[list[RunConfig]], say: Callable[[str], None]) -> None:
+    """Account for the task of a worker that died: its claimed runs failed, its unclaimed ones requeued."""
+    error = (f"WorkerDied: sweep worker process {event.pid} {event.value} while training this run; the sweep "
+             "went on with the other runs. Train it again with --retry-failed (retry_failed=True).")
+    owner = f"{host}:{event.pid}:"
+    failed, unclaimed = [], []
+    for config in event.task:
+        key = config.key()
+        if store.fail_abandoned(key, owner, error):
+            failed.append(key)
+            record(key, "failed")
+            continue
+        row = store.get(key)
+        if row is not None and row["status"] in ("done", "diverged") and (row["owner"] or "").startswith(owner):
+            record(key, row["status"])  # stored by the worker before it died
+        elif row is None or row["status"] == "running" and (row["owner"] or "").startswith(owner):
+            unclaimed.append(config)
+        else:
+            record(key, "busy")  # held (or finished) by another sweep
+    queue.extend([config] for config in unclaimed)
+    say(f"sweep worker process {event.pid} {event.value}: {len(failed)} run(s) it was training recorded as "
+        f"failed{f', {len(unclaimed)} requeued' if unclaimed else ''}; the other workers go on")
 
 
 # -- ray ------------------------------------------------------------------------------------------
@@ -583,10 +614,22 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         known = store.statuses([c.key() for c in todo])
         _check_data(store, [c for c in todo if known.get(c.key()) in ("done", "diverged")], data_dir)
         finished = {"done", "diverged"} | (set() if retry_failed else {"failed"})
-        todo = [c for c in todo if known.get(c.key()) not in finished]
+        summary.failed_before = sum(known.get(c.key()) == "failed" for c in todo) if not retry_failed else 0
+        # A status this gradreg does not know (another program's, or a newer gradreg's): left alone.
+        summary.other_status = sum(c.key() in known and known[c.key()] not in STATUSES for c in todo)
+        todo = [c for c in todo if known.get(c.key()) not in finished and known.get(c.key(), "running") in STATUSES]
         summary.skipped = summary.total - len(todo)
         tasks = plan_tasks(todo, group_size=group_size, workers=workers, device=device) if todo else []
+        dataset_of = {c.key(): c.dataset for c in todo}
+        trained_ok: set[str] = set()  # datasets with a run done or diverged in this call
+        failed_keys: list[str] = []
         with _progress_bar(len(todo), progress and bool(todo)) as bar, _sigterm_as_exit():
+
+            def say(line: str) -> None:
+                if bar is not None:
+                    bar.write(line, file=sys.stderr)
+                else:
+                    print(line, file=sys.stderr)
 
             def record(key: str, outcome: str) -> None:
                 setattr(summary, outcome, getattr(summary, outcome) + 1)
@@ -594,6 +637,11 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                     bar.set_postfix(done=summary.done, diverged=summary.diverged, failed=summary.failed,
                                     refresh=False)
                     bar.update(1)
+                if outcome in ("done", "diverged"):
+                    trained_ok.add(dataset_of.get(key, ""))
+                elif outcome == "failed":
+                    failed_keys.append(key)
+                    _stop_on_data_error(store, key, dataset_of.get(key, ""), set(dataset_of.values()), trained_ok)
 
             if not tasks:
                 pass
@@ -609,6 +657,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                             record(key, outcome)
             else:
                 _run_local_pool(tasks, store, record, workers=workers, threads=threads, data_dir=data_dir,
-                                device=device, retry_failed=retry_failed, imports=imports)
+                                device=device, retry_failed=retry_failed, imports=imports, say=say)
+        summary.failures = group_failures(store.rows(failed_keys, status="failed"))
     summary.seconds = time.perf_counter() - start
     return summary
