@@ -395,6 +395,34 @@ def index(results: Path = typer.Option(Path("results"), help="the results folder
     typer.echo("wrote " + ", ".join(map(str, paths)))
 
 
+@app.command()
+def compare(
+    db_a: Path = typer.Argument(..., help="results database A (e.g. runs trained with one setting)"),
+    db_b: Path = typer.Argument(..., help="results database B (the same runs trained with another)"),
+    experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
+    lambdas: str = typer.Option("paper", help="paper or grid (selected needs a λ choice: use report)"),
+    seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)"),
+    metric: str = typer.Option("test_acc", help="the metric compared (a key of the runs' metrics)"),
+    markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
+):
+    """Pair an experiment's runs finished in two databases by run key: what an execution setting
+    (subnormal flushing, threads, machine) does to the numbers, seed by seed, and to the time."""
+    from .compare import compare_stores, markdown_comparison
+
+    exp = _experiment(experiment, [], None, [], None)
+    if lambdas not in ("paper", "grid"):
+        _fail(f"--lambdas must be paper or grid, got {lambdas!r}")
+    plan = exp.plan(lambdas=lambdas, seeds=seeds)
+    with _existing_store(db_a, experiment) as a, _existing_store(db_b, experiment) as b:
+        try:
+            text = markdown_comparison(compare_stores(plan, a, b, metric), str(db_a), str(db_b))
+        except ValueError as e:
+            _fail(str(e))
+    typer.echo(text)
+    if markdown:
+        markdown.write_text(text + "\n")
+
+
 @app.callback()
 def _process_options(
     flush_denormal: Optional[bool] = typer.Option(
