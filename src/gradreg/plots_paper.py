@@ -145,8 +145,8 @@ def sin_dev_choice(store: ResultStore, seeds: int = 10) -> tuple[float, dict[flo
     from .experiments import get_experiment
     means = {}
     for cell in get_experiment("table7").cells:
-        lam = cell.lambda_for_paper_mode
-        keys = [cell.run(lam, s).key() for s in range(seeds)]
+        lam = cell.lambda_for_paper_mode or 0.0  # Table 7's λ = 0 cell is a plain baseline (λ None)
+        keys = [cell.run(cell.lambda_for_paper_mode, s).key() for s in range(seeds)]
         dev = [r["metrics"]["dev_mse"] for r in store.rows(keys=keys, status="done") if "dev_mse" in r["metrics"]]
         if dev:
             means[lam] = statistics.fmean(dev)
