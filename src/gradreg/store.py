@@ -405,14 +405,15 @@ class ResultStore:
                  to_json(versions if versions is not None else runtime_versions()), device, key))
         return True
 
-    def fail_abandoned(self, key: str, owner: str, error: str) -> bool:
-        """Record as failed ``owner``'s running row, where that owner (a sweep worker) died while training
-        it: the row is the dead worker's, so the caller is not its owner. False if the row is not held
-        by ``owner`` (it finished first, or another sweep took it over)."""
+    def fail_abandoned(self, key: str, owner_prefix: str, error: str) -> bool:
+        """Record as failed a running row whose owner starts with ``owner_prefix`` (``host:pid:``, a sweep
+        worker that died while training it): the row is the dead worker's, so the caller is not its owner.
+        False if no such row (it finished first, or another sweep took it over)."""
         now = time.time()
         with self._transaction() as conn:
             cur = conn.execute("UPDATE runs SET status = 'failed', error = ?, heartbeat = ?, finished = ? "
-                               "WHERE key = ? AND owner = ? AND status = 'running'", (str(error), now, now, key, owner))
+                               "WHERE key = ? AND substr(owner, 1, ?) = ? AND status = 'running'",
+                               (str(error), now, now, key, len(owner_prefix), owner_prefix))
         return cur.rowcount == 1
 
     def fail(self, config: "RunConfig", owner: str, error: str, *, seconds: float | None = None,

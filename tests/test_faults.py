@@ -1,0 +1,235 @@
+"""Faults and bad input: killed sweeps and workers, damaged or foreign databases, bad data files, bad
+command lines. Each case ends in a defined state and, for the user, one line naming problem and fix."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradreg.errors import error_cause, group_failures
+from gradreg.store import SCHEMA_VERSION, ResultStore, StoreError
+from gradreg.sweep import run_sweep
+from gradreg.train import RunConfig
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="kill -9, pids and /proc are POSIX")
+
+
+def _sin(seed: int, steps: int = 30) -> RunConfig:
+    return RunConfig(dataset="sin", seed=seed, overrides=(("steps", steps), ("eval_points", 1)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+_SWEEP_SCRIPT = """
+import json, sys
+from gradreg.sweep import run_sweep
+from gradreg.train import RunConfig
+if __name__ == "__main__":
+    steps = [int(s) for s in sys.argv[2].split(",")]
+    configs = [RunConfig(dataset="sin", seed=i, overrides=(("steps", n), ("eval_points", 1))) for i, n in enumerate(steps)]
+    s = run_sweep(configs, sys.argv[1], workers=2, threads=1, group_size=1, progress=False)
+    print(json.dumps({"done": s.done, "failed": s.failed, "busy": s.busy, "failures": s.failures}))
+"""
+
+
+def _start_sweep(tmp_path: Path, steps: list[int]) -> tuple[subprocess.Popen, Path]:
+    db, script = tmp_path / "runs.db", tmp_path / "sweep.py"
+    script.write_text(textwrap.dedent(_SWEEP_SCRIPT))  # a file: spawned workers re-import the main module
+    proc = subprocess.Popen([sys.executable, str(script), str(db), ",".join(map(str, steps))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, db
+
+
+def _running_workers(proc: subprocess.Popen, db: Path, n: int, timeout: float = 90) -> set[int]:
+    """The pids of the sweep's workers once ``n`` runs are claimed (their owners are ``host:pid:tag``)."""
+    deadline = time.monotonic() + timeout
+    while not db.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with ResultStore(db) as store:
+        while proc.poll() is None and time.monotonic() < deadline:
+            pids = {int(r["owner"].rsplit(":", 2)[1]) for r in store.rows(status="running")}
+            if len(pids) >= n:
+                return pids
+            time.sleep(0.05)
+    raise AssertionError(f"the sweep never had {n} runs in flight: {proc.communicate()[1] if proc.poll() is not None else ''}")
+
+
+@posix_only
+def test_kill_9_of_the_sweep_ends_its_workers_within_seconds(tmp_path):
+    proc, db = _start_sweep(tmp_path, [100_000] * 4)
+    workers: set[int] = set()
+    try:
+        workers = _running_workers(proc, db, 2)
+        assert proc.pid not in workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while {p for p in workers if _alive(p)} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not {p for p in workers if _alive(p)}, "a worker outlived its sweep"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in workers:  # where the test failed, leave no orphan training for 100,000 steps
+            if _alive(pid) and b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+    # The killed sweep's runs are taken over by the next one (their owners are dead).
+    summary = run_sweep([_sin(i, 30) for i in range(2)], tmp_path / "other.db", progress=False)
+    assert summary.done == 2
+
+
+@posix_only
+def test_a_killed_worker_fails_only_its_run_and_the_sweep_goes_on(tmp_path):
+    proc, db = _start_sweep(tmp_path, [600, 600, 100])
+    try:
+        victim = min(_running_workers(proc, db, 2))
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"], summary["busy"]) == (2, 1, 0)
+    [(cause, count, key)] = summary["failures"]
+    assert count == 1 and cause.startswith(f"WorkerDied: sweep worker process {victim} killed by SIGKILL")
+    assert f"sweep worker process {victim} killed by SIGKILL" in err and "1 run(s) it was training" in err
+    assert "Traceback" not in err
+    with ResultStore(db) as store:
+        assert store.counts() == {"running": 0, "done": 2, "diverged": 0, "failed": 1}
+        assert "--retry-failed" in store.get(key)["error"]
+
+
+# -- the results database ----------------------------------------------------------------------
+
+
+def test_error_cause_and_grouping():
+    tb = ('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    f()\n'
+          "gradreg.data.DataError: /d/train-images: not an IDX file with magic number 2051\n")
+    assert error_cause(tb) == "DataError: /d/train-images: not an IDX file with magic number 2051"
+    assert error_cause(None) == "(no error text recorded)"
+    rows = [{"key": "a", "error": tb}, {"key": "b", "error": "ValueError: x"}, {"key": "c", "error": tb}]
+    assert group_failures(rows) == [(error_cause(tb), 2, "a"), ("ValueError: x", 1, "b")]
+
+
+def test_corrupt_foreign_and_future_databases_are_refused_unchanged(tmp_path):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not sqlite at all " * 100)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE photos (id INTEGER, path TEXT)")
+    future = tmp_path / "future.db"
+    with ResultStore(future):
+        pass
+    with sqlite3.connect(future) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    cases = [(corrupt, "not a SQLite database"), (foreign, "another program .*photos"),
+             (future, f"newer gradreg .*schema version {SCHEMA_VERSION + 1}")]
+    for path, match in cases:
+        before = path.read_bytes()
+        for readonly in (False, True):
+            with pytest.raises(StoreError, match=match):
+                ResultStore(path, readonly=readonly)
+        assert path.read_bytes() == before, f"{path.name} was changed"
+
+
+def test_a_new_database_records_its_schema_version(tmp_path):
+    with ResultStore(tmp_path / "a.db"):
+        pass
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
+def test_db_path_under_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="afile is a file, not a folder"):
+        ResultStore(tmp_path / "afile" / "sub" / "runs.db")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="file permissions do not bind root (nor exist in this form off POSIX)")
+def test_unwritable_folder_is_one_clear_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(StoreError, match="not writable"):
+            ResultStore(folder / "runs.db")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_readonly_store_writes_nothing(tmp_path):
+    db = tmp_path / "runs.db"
+    run_sweep([_sin(0)], db, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"runs.db"}  # the WAL is checkpointed away at close
+    with ResultStore(db, readonly=True) as store:
+        assert store.counts()["done"] == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.claim(_sin(1), "me")
+    # Beside it only SQLite's shared-memory index (-shm) and an empty WAL may appear: a reader of a WAL
+    # database opens them; nothing is written.
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.endswith("-shm")}
+    assert after.pop("runs.db-wal", b"") == b"" and after == before
+
+
+def test_a_locked_database_is_one_clear_error(tmp_path):
+    db = tmp_path / "runs.db"
+    with ResultStore(db):
+        pass
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked by another process for more than 0.2s"):
+            ResultStore(db, timeout=0.2)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def _unknown_status_db(path: Path, config: RunConfig) -> None:
+    """A database whose runs table (as a newer gradreg might write it) allows a status this one lacks."""
+    with ResultStore(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA writable_schema = ON")  # drop the CHECK constraint, as another layout would
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'runs'",
+                     (sql.split("CHECK")[0] + sql.split("CHECK")[1].split(")", 1)[1],))
+    conn.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO runs (key, config, status) VALUES (?, ?, 'queued')",
+                     (config.key(), json.dumps(config.to_dict())))
+    conn.close()
+
+
+def test_rows_of_unknown_status_are_neither_miscounted_nor_overwritten(tmp_path):
+    db, config = tmp_path / "runs.db", _sin(0)
+    _unknown_status_db(db, config)
+    summary = run_sweep([config, _sin(1)], db, progress=False)
+    assert (summary.skipped, summary.other_status, summary.done, summary.busy) == (1, 1, 1, 0)
+    with ResultStore(db) as store:
+        assert store.get(config.key())["status"] == "queued"
+        assert store.counts() == {"running": 0, "done": 1, "diverged": 0, "failed": 0, "queued": 1}
+        assert not store.claim(config, "me", retry_failed=True)
