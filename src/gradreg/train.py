@@ -239,13 +239,21 @@ def flushing_subnormals(fn):
     :func:`gradreg.numerics.default_flush_denormal`): subnormal floats are flushed to zero on CPU for the
     whole call, training and evaluation, and each result's ``extras["flush_denormal"]`` records whether
     they were, as measured. An execution setting like the memory format: it changes speed and the last
-    float digits, not the run, so it is not part of the run key (``results/REPRODUCTION.md``)."""
+    float digits, not the run, so it is not part of the run key (``results/REPRODUCTION.md``).
+
+    Each result's ``extras["cpu_seconds"]`` is the process's CPU time for the call (divided among a
+    group's runs, as ``seconds`` is): unlike wall time it does not grow when other processes share the
+    cores, so it is what the cost model of ``gradreg experiments`` is checked against."""
     @functools.wraps(fn)
     def wrapper(*args: Any, flush_denormal: bool | None = None, **kwargs: Any):
+        cpu = time.process_time()
         with _flush_denormal(flush_denormal) as flushed:
             out = fn(*args, **kwargs)
-        for result in out if isinstance(out, list) else [out]:
+        results = out if isinstance(out, list) else [out]
+        cpu = (time.process_time() - cpu) / max(1, len(results))
+        for result in results:
             result.extras["flush_denormal"] = flushed
+            result.extras["cpu_seconds"] = round(cpu, 3)
         return out
     return wrapper
 
