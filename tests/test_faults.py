@@ -209,16 +209,13 @@ def test_a_locked_database_is_one_clear_error(tmp_path):
 
 
 def _unknown_status_db(path: Path, config: RunConfig) -> None:
-    """A database whose runs table (as a newer gradreg might write it) allows a status this one lacks."""
-    with ResultStore(path):
-        pass
+    """A database of this schema version whose runs table (as another writer might make it) holds a row
+    of a status this gradreg does not know."""
+    from gradreg.store import _COLUMNS
+
     with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA writable_schema = ON")  # drop the CHECK constraint, as another layout would
-        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'runs'",
-                     (sql.split("CHECK")[0] + sql.split("CHECK")[1].split(")", 1)[1],))
-    conn.close()
-    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE runs ({', '.join(_COLUMNS)}, PRIMARY KEY (key))")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("INSERT INTO runs (key, config, status) VALUES (?, ?, 'queued')",
                      (config.key(), json.dumps(config.to_dict())))
     conn.close()
