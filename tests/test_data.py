@@ -353,9 +353,11 @@ def test_chunk_sha256_mismatch(tmp_path):
 
 def test_chunks_without_manifest_and_subset_of_chunks(tmp_path):
     _random_chunks(tmp_path / "cifar100", classes=100)
-    (tmp_path / "cifar100" / "train_2.npz").unlink()  # a manifest may list chunks that were not copied
-    with pytest.warns(UserWarning, match="train_2.npz listed in chunks.json but absent; the train split has 10 of 12 images"):
-        ds = load_dataset("cifar100", tmp_path)
+    (tmp_path / "cifar100" / "train_2.npz").unlink()  # a chunk the manifest lists was not copied: refused
+    with pytest.raises(DataError, match="train_2.npz listed in chunks.json but absent; the train split would "
+                                        "have 10 of 12 images. Copy the missing chunk"):
+        load_dataset("cifar100", tmp_path)
+    ds = load_dataset("cifar100", tmp_path, verify_checksums=False)  # the chunks present, knowingly
     assert (len(ds.x_pool), len(ds.x_dev), len(ds.x_test)) == (5, 5, 4)
     (tmp_path / "cifar100" / "chunks.json").unlink()
     assert len(load_dataset("cifar100", tmp_path).x_pool) == 5

@@ -230,3 +230,84 @@ def test_rows_of_unknown_status_are_neither_miscounted_nor_overwritten(tmp_path)
         assert store.get(config.key())["status"] == "queued"
         assert store.counts() == {"running": 0, "done": 1, "diverged": 0, "failed": 0, "queued": 1}
         assert not store.claim(config, "me", retry_failed=True)
+
+
+# -- bad data files ---------------------------------------------------------------------------------
+
+
+def _npz_arrays(**changes) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(20, 3)).astype(np.float32), "y_train": np.arange(20) % 3,
+              "x_test": rng.normal(size=(6, 3)).astype(np.float32), "y_test": np.arange(6) % 3}
+    arrays.update(changes)
+    return arrays
+
+
+def _nan_at(a: np.ndarray, value: float) -> np.ndarray:
+    a = a.copy()
+    a[2, 1] = value
+    return a
+
+
+_BAD_NPZ = {
+    "nan inputs": ({"x_train": _nan_at(_npz_arrays()["x_train"], np.nan)},
+                   r"array x_train holds 1 non-finite value\(s\) \(NaN or inf\), the first in row 2"),
+    "inf in the test split": ({"x_test": _nan_at(_npz_arrays()["x_test"], np.inf)}, "array x_test holds 1 non-finite"),
+    "nan regression target": ({"y_train": np.array([0.5] * 19 + [np.nan]), "y_test": np.zeros(6)},
+                              "array y_train holds 1 non-finite value"),
+    "empty test split": ({"x_test": np.zeros((0, 3), np.float32), "y_test": np.zeros(0, np.int64)},
+                         "array x_test is empty"),
+    "complex inputs": ({"x_train": _npz_arrays()["x_train"] * 1j}, "array x_train holds complex numbers"),
+    "bool labels": ({"y_train": np.arange(20) % 2 == 0}, "array y_train is bool"),
+    "string labels": ({"y_train": np.array(["cat", "dog"] * 10)}, "array y_train holds <U3 values, not numbers"),
+    "absurd label": ({"y_train": np.r_[np.arange(19) % 3, 10**9]},
+                     "array y_train has the label 1000000000, which would need 1,000,000,001 classes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_NPZ))
+def test_bad_npz_values_are_one_clear_data_error(tmp_path, case):
+    from gradreg.data import DataError, load_dataset
+
+    changes, match = _BAD_NPZ[case]
+    path = tmp_path / "mine.npz"
+    np.savez(path, **_npz_arrays(**changes))
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset("npz", path)
+    assert str(path) in str(info.value)
+
+
+def test_a_loader_returning_nan_is_refused(monkeypatch):
+    import torch
+
+    import gradreg.data as data_mod
+
+    real = data_mod.DATASETS["sin"]
+
+    def broken(*args, **kwargs):
+        ds = real(*args, **kwargs)
+        ds.x_test[3] = float("nan")
+        return ds
+
+    monkeypatch.setitem(data_mod.DATASETS, "sin", broken)
+    with pytest.raises(data_mod.DataError, match="sin: the test split's inputs hold non-finite values"):
+        data_mod.load_dataset("sin")
+    assert torch.isfinite(real(Path(".")).x_test).all()
+
+
+def test_a_damaged_mnist_folder_fails_every_run_once_and_stops_the_sweep(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (folder / name).write_bytes(b"\x00" * 64)  # no IDX magic number
+    configs = [RunConfig(dataset="mnist", seed=s, overrides=(("steps", 5),), max_eval=10) for s in range(4)]
+    db = tmp_path / "runs.db"
+    from gradreg.data import DataError
+
+    with pytest.raises(DataError, match="not an IDX file with magic number .*stopped the sweep: every mnist run"):
+        run_sweep(configs, db, data_dir=tmp_path, progress=False)
+    with ResultStore(db) as store:
+        assert store.counts() == {"running": 0, "done": 0, "diverged": 0, "failed": 1}  # one tried, not four
+    summary = run_sweep(configs[:1], db, data_dir=tmp_path, progress=False)  # a rerun says what failed before
+    assert (summary.skipped, summary.failed_before) == (1, 1)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import pickle
-import warnings
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -153,8 +152,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dev_si
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     if download and name not in _DOWNLOADABLE:
         raise ValueError(f"download is only supported for {', '.join(sorted(_DOWNLOADABLE))}, not {name!r}")
-    return DATASETS[name](resolve_data_dir(data_dir), dev_size=dev_size, download=download,
-                          verify_checksums=verify_checksums)
+    from .validate import check_dataset
+
+    ds = DATASETS[name](resolve_data_dir(data_dir), dev_size=dev_size, download=download,
+                        verify_checksums=verify_checksums)
+    check_dataset(ds)  # every loader's, the user's own included: no NaN, no empty split passes
+    return ds
 
 
 def data_fingerprint(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
@@ -424,14 +427,15 @@ def _read_chunks(folder: Path, split: str, verify: bool) -> tuple[np.ndarray, np
         xs.append(x.transpose(0, 3, 1, 2))
         ys.append(y)
     if manifest is not None:
-        # Allowed (a machine may hold only the chunks a run needs), but it shrinks the pool and moves
-        # the dev split, so it must not pass unnoticed.
+        # An error, not a warning: a smaller pool moves the dev split and changes every run's training
+        # subset, under the same run keys as the full pool's runs.
         listed = [n for n in manifest if n.startswith(f"{split}_")]
         absent = sorted(n for n in listed if not (folder / n).is_file())
         if absent:
             expected = sum(int(manifest[n].get("n", 0)) for n in listed)
-            warnings.warn(f"{folder}: {', '.join(absent)} listed in chunks.json but absent; the {split} split "
-                          f"has {sum(map(len, ys))} of {expected} images", stacklevel=2)
+            raise DataError(f"{folder}: {', '.join(absent)} listed in chunks.json but absent; the {split} split "
+                            f"would have {sum(map(len, ys))} of {expected} images. Copy the missing chunk(s) "
+                            "there (or load with verify_checksums=False to train on the chunks present)")
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -569,6 +573,9 @@ def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
             arrays = {k: f[k] for k in f.files}
     except Exception as exc:  # damaged zip, or object arrays that would need pickle
         raise DataError(f"{path}: cannot read as a numpy .npz archive ({exc})") from exc
+    from .validate import check_npz_arrays
+
+    check_npz_arrays(path, arrays)
     has_dev = "x_dev" in arrays or "y_dev" in arrays
     missing = [k for k in _NPZ_REQUIRED + (("x_dev", "y_dev") if has_dev else ()) if k not in arrays]
     if missing:
