@@ -2,8 +2,8 @@ r"""The training objective: a task loss plus weighted regularizer terms, every p
 
 .. math:: \mathcal{L} = L_{task}(g(x), y) + \sum_t \lambda_t \, \frac{1}{B} \sum_i R_t(x_i, y_i)
 
-One forward pass is shared by the task loss and every term (the input gets ``requires_grad`` before
-the forward). Example::
+One forward pass is shared by the task loss and every term (the differentiated tensor gets
+``requires_grad`` before or during the forward; the user's own tensors are never detached). Example::
 
     objective = gradreg.Objective(F.cross_entropy, [(0.03, gradreg.SpectReg())])
     out = objective(model, x, y)
@@ -12,21 +12,31 @@ the forward). Example::
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from .regularizers import REGULARIZERS, Regularizer, get_regularizer
+from .regularizers import REGULARIZERS, DataGrad, Regularizer, evaluate_term, get_regularizer
+from .wrt import Wrt, batch_size, concat_inputs, run_forward
 
 __all__ = ["Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES"]
 
 TASK_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "mse": lambda z, y: F.mse_loss(z, y.reshape(z.shape).to(z.dtype)),
+}
+# Per-sample values whose batch mean is the task loss above (what DataGrad differentiates).
+_SAMPLE_TASK_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": lambda z, y: F.cross_entropy(
+        z, y if y.dim() == 1 and not y.is_floating_point() else y.to(z.dtype), reduction="none"),
+    "mse": lambda z, y: F.mse_loss(z, y.reshape(z.shape).to(z.dtype), reduction="none").flatten(1).mean(1),
 }
 
 
@@ -49,19 +59,38 @@ class ObjectiveOutput:
 class Objective:
     """Task loss + Σ λ_t · mean(R_t). ``terms`` are ``(weight, Regularizer or registered name)`` pairs.
 
-    ``task_loss``: a callable ``(logits, y) -> scalar`` (e.g. ``F.cross_entropy``) or the name
-    ``"cross_entropy"`` / ``"mse"``. Weights must be finite and non-negative. Terms that need no labels
-    can also be evaluated on extra unlabeled inputs (``unlabeled=``), batched into the same forward
-    pass; the task loss and label-needing terms see the labeled rows only.
+    ``task_loss``: a callable ``(logits, y) -> scalar`` (e.g. ``F.cross_entropy``; one returning
+    per-sample values ``(B,)`` is averaged) or the name ``"cross_entropy"`` / ``"mse"``. Weights are
+    real scalars (Python, NumPy or 0-d tensors), finite and >= 0; bools are refused. Terms that need no
+    labels can also be evaluated on extra unlabeled inputs (``unlabeled=``), batched into the same
+    forward pass; the task loss and label-needing terms see the labeled rows only.
+
+    ``wrt``: the tensor every term differentiates unless the term names its own (see
+    :class:`gradreg.Wrt`); ``output``: picks the logits from a structured model return, for the task
+    loss and every term; ``couples_batch``: says whether the model couples the samples (None: detect).
+    A :class:`~gradreg.DataGrad` without its own ``loss`` differentiates this objective's per-sample
+    task loss: a named loss, an ``nn`` loss module, a callable taking ``reduction="none"`` or one
+    returning per-sample values.
+
+    Under ``torch.no_grad()`` or ``torch.inference_mode()`` every part is computed and returned without
+    a graph (validation logging).
     """
 
     def __init__(self, task_loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
-                 terms: Sequence[tuple[float, Regularizer | str]] = ()):
+                 terms: Sequence[tuple[Any, Regularizer | str]] = (), *, wrt: Any = None, output: Any = None,
+                 couples_batch: bool | None = None):
         if isinstance(task_loss, str):
             if task_loss not in TASK_LOSSES:
                 raise ValueError(f"unknown task loss {task_loss!r}; valid: {', '.join(sorted(TASK_LOSSES))}")
+            self._sample_loss = _SAMPLE_TASK_LOSSES[task_loss]
             task_loss = TASK_LOSSES[task_loss]
+        else:
+            self._sample_loss = _PerSample(task_loss)
         self.task_loss = task_loss
+        self.wrt, self.output = Wrt.of(wrt), output
+        if couples_batch not in (None, True, False):
+            raise ValueError(f"couples_batch must be None, True or False, got {couples_batch!r}")
+        self.couples_batch = couples_batch
         self.terms: list[tuple[float, Regularizer]] = []
         for pair in terms:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -71,35 +100,101 @@ class Objective:
                 term = get_regularizer(term)
             if not isinstance(term, Regularizer):
                 raise ValueError(f"not a gradreg Regularizer: {term!r}")
-            if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"{term.name}: weight must be a finite number >= 0, got {weight!r}")
-            self.terms.append((float(weight), term))
+            if term.output is not None:
+                raise ValueError(f"{term.name}: inside an Objective, give output= to the Objective; it picks the "
+                                 "logits for the task loss and every term")
+            self.terms.append((_weight(weight, term.name), term))
         self.names = _unique_names([t.name for _, t in self.terms])
 
     def __repr__(self) -> str:
         return f"Objective({getattr(self.task_loss, '__name__', self.task_loss)}, {self.terms})"
 
-    def __call__(self, model, x: Tensor, y: Tensor, *, unlabeled: Tensor | None = None,
+    def __call__(self, model, x, y: Tensor, *, unlabeled=None,
                  generator: torch.Generator | None = None) -> ObjectiveOutput:
-        active = [(w, t, n) for (w, t), n in zip(self.terms, self.names) if w > 0]
-        b = x.shape[0]
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            return self._run(model, x, y, unlabeled, generator, differentiable=True)
+        with torch.inference_mode(False), torch.enable_grad():
+            out = self._run(model, x, y, unlabeled, generator, differentiable=False)
+        return ObjectiveOutput(loss=out.loss.detach(), task=out.task.detach(), logits=out.logits.detach(),
+                               terms={k: v.detach() for k, v in out.terms.items()})
+
+    def _run(self, model, x, y, unlabeled, generator, differentiable: bool) -> ObjectiveOutput:
+        active = [(w, t, n, t.wrt or self.wrt or Wrt()) for (w, t), n in zip(self.terms, self.names) if w > 0]
+        b = batch_size(x)
         if unlabeled is not None:
-            x = torch.cat([x, unlabeled.to(x.device, x.dtype)])
-        if any(t.uses_jacobian for _, t, _ in active):
-            x = x.detach().requires_grad_(True)
-        logits = model(x)
+            x = concat_inputs(x, unlabeled)
+        detect = self.couples_batch is None and any(
+            t.uses_input and t.batch_mode == "sample" and t.couples_batch is None for _, t, _, _ in active)
+        fwd = run_forward(model, x, [(wrt, t.uses_jacobian) for _, t, _, wrt in active if t.uses_input],
+                          output=self.output, where="objective", detect=detect)
+        logits = fwd.z
         labeled = logits if unlabeled is None else logits[:b]  # no view node when there is nothing to cut
         task = self.task_loss(labeled, y)
+        if task.dim() > 0:  # a callable returning per-sample values
+            task = _per_sample_values(task, labeled.shape[0], self.task_loss).mean()
         zero = torch.zeros((), device=task.device, dtype=task.dtype)
         loss, parts = task, dict.fromkeys(self.names, zero)  # every term, in the terms' order
-        for weight, term, name in active:
-            # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole x.
-            value = term.evaluate(model, x, labeled if term.needs_labels else logits,
-                                  y if term.needs_labels else None,
-                                  generator=generator)
+        plain = isinstance(x, Tensor) and self.output is None
+        for weight, term, name, wrt in active:
+            key = (wrt.module, wrt.input)
+            extras = {}
+            if term.uses_input:
+                extras = {"coupled": term.coupling(model, fwd.coupled.get(key, "static"), self.couples_batch),
+                          "forward": fwd.rerun(wrt)}
+            if isinstance(term, DataGrad) and term.loss is None:
+                extras["sample_loss"] = self._sample_loss
+            # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole tensor.
+            value = evaluate_term(term, model, fwd.tensors.get(key), labeled if term.needs_labels else logits,
+                                  y if term.needs_labels else None, generator=generator,
+                                  differentiable=differentiable, plain=plain and wrt == Wrt(), **extras)
             parts[name] = value.mean()
             loss = loss + weight * parts[name]
         return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)
+
+
+def _weight(weight, name: str) -> float:
+    """Any real scalar: Python, NumPy, or a 0-d real tensor; bools (True silently meaning 1.0) refused."""
+    if isinstance(weight, Tensor) and weight.dim() == 0 and weight.dtype != torch.bool \
+            and not weight.is_complex():
+        weight = weight.item()
+    if isinstance(weight, bool) or type(weight).__name__ == "bool_" or not isinstance(weight, numbers.Real) \
+            or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{name}: weight must be a finite number >= 0 (a real Python, NumPy or 0-d tensor scalar, not a bool), "
+                         f"got {weight!r}")
+    return float(weight)
+
+
+class _PerSample:
+    """The per-sample values of a user's task loss: an ``nn`` loss module with ``reduction="none"``, a
+    callable taking ``reduction="none"``, or one that returns them. Non-batch dims are averaged, so the
+    batch mean equals a mean-reduced task loss."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        if isinstance(fn, nn.modules.loss._Loss) and hasattr(fn, "reduction"):
+            self.fn = copy.copy(fn)
+            self.fn.reduction = "none"
+            self.takes_reduction = False
+        else:
+            try:
+                params = inspect.signature(fn).parameters
+            except (TypeError, ValueError):
+                params = {}
+            self.takes_reduction = "reduction" in params
+
+    def __call__(self, z: Tensor, y: Tensor) -> Tensor:
+        values = self.fn(z, y, reduction="none") if self.takes_reduction else self.fn(z, y)
+        return _per_sample_values(values, z.shape[0], self.fn)
+
+
+def _per_sample_values(values: Tensor, n: int, fn) -> Tensor:
+    if values.dim() >= 1 and values.shape[0] == n:
+        return values if values.dim() == 1 else values.flatten(1).mean(1)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    raise ValueError(
+        f"the task loss {name} gives {tuple(values.shape)} for a batch of {n}, not one value per sample: "
+        "DataGrad differentiates each sample's own loss. Pass a task loss that accepts reduction='none' "
+        "(as F.cross_entropy does) or returns per-sample values (B,), or give DataGrad its own loss=")
 
 
 def _unique_names(names: list[str]) -> list[str]:
