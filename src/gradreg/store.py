@@ -265,9 +265,10 @@ class ResultStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode, much faster
         with self._transaction() as tx:
+            new = tx.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is None
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 tx.execute(statement)
-            if tx.execute("PRAGMA user_version").fetchone()[0] == 0:
+            if new:  # only a database made here: opening an existing one (a committed one) changes no byte
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return conn
 
