@@ -26,6 +26,18 @@ def _parse_pairs(items: list[str], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _check_term_options(terms: list, batch_mode: str, n_projections: int) -> None:
+    """Options that configure the gradient terms: valid, and not given without a term to configure."""
+    if batch_mode not in ("batch", "sample"):
+        raise ValueError(f"--batch-mode must be 'batch' or 'sample', got {batch_mode!r}")
+    if n_projections < 1:
+        raise ValueError(f"--n-projections must be >= 1, got {n_projections}")
+    if not terms and (batch_mode != "batch" or n_projections != 1):
+        given = "--batch-mode" if batch_mode != "batch" else "--n-projections"
+        raise ValueError(f"{given} configures the gradient-regularization terms, and no --reg is given; add "
+                         "one (e.g. --reg spectreg=0.03) or drop the option")
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -56,25 +68,29 @@ def train(
     """Train one run and print its metrics."""
     from .plugins import import_plugins
     from .train import RunConfig, train as train_run
+    from .validate import check_device, check_overrides, check_runs
 
-    overrides = dict(_parse_pairs(set_, "--set"))
+    pairs = _parse_pairs(set_, "--set")
+    check_overrides(pairs)
+    check_device(device)
+    overrides = dict(pairs)
     if smoke:
         overrides.setdefault("steps", "20")
         overrides.setdefault("eval_points", "2")
     try:
         import_plugins(imports)
         terms = [(n, float(w)) for n, w in _parse_pairs(reg, "--reg")]
+        _check_term_options(terms, batch_mode, n_projections)
         config = RunConfig(dataset=dataset, train_size=train_size, model=model, batchnorm=batchnorm,
                            recipe=recipe, overrides=tuple(overrides.items()), terms=tuple(terms),
                            weight_convention=convention, batch_mode=batch_mode, n_projections=n_projections,
                            seed=seed, max_eval=500 if smoke else None)
     except ValueError as e:
         _fail(str(e))
-    from .data import DataError
-    try:
-        result = train_run(config, data_dir=data_dir, device=device, progress=progress and not as_json)
-    except DataError as e:
-        _fail(str(e))
+    from .data import load_dataset
+    ds = load_dataset(config.dataset, data_dir)
+    check_runs([config], lambda name: ds)
+    result = train_run(config, dataset=ds, data_dir=data_dir, device=device, progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -176,7 +192,7 @@ def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_se
         return exp.plan(lambdas=lambdas, seeds=dev, smoke=smoke)
     if lambdas == "selected":
         from .store import ResultStore
-        with ResultStore(db) as store:
+        with ResultStore(db, readonly=True) as store:
             try:
                 best = select_lambdas(exp, store, seeds=dev)
             except ValueError as e:
@@ -198,7 +214,7 @@ def _refuse_smoke_beside_full_runs(db: Path) -> None:
     from .store import ResultStore
     if not db.exists():
         return
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         full = store.count_full_runs()
     if full:
         _fail(f"--smoke would add pipeline-check runs to {db}, which holds {full} full run(s); give a scratch "
@@ -210,7 +226,7 @@ def _existing_store(db: Path, experiment: str):
     from .store import ResultStore
     if not db.exists():
         _fail(f"no results database at {db}; run `gradreg sweep {experiment}` first (or pass --db)")
-    return ResultStore(db)
+    return ResultStore(db, readonly=True)  # reading never writes: a read-only copy or folder works
 
 
 LAMBDAS_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); grid: phase 1 "
@@ -238,7 +254,7 @@ def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
         hours = sum(map(estimate_run_seconds, runs)) / 3600
         path = _db(db, exp)
         if path.exists():  # never create an empty database just to count nothing in it
-            store = stores.setdefault(path, ResultStore(path))
+            store = stores.setdefault(path, ResultStore(path, readonly=True))
             status = store.statuses([r.key() for r in runs])
             left = [r for r in runs if status.get(r.key()) not in ("done", "diverged")]
             done, left_h = f"{len(runs) - len(left):6d}", f"{sum(map(estimate_run_seconds, left)) / 3600:6.1f}"
@@ -261,10 +277,10 @@ def sweep(
     dev_seeds: Optional[int] = _dev_seeds_option(),
     row: List[str] = _row_option(),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
-    workers: Optional[int] = typer.Option(None, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
-    threads: int = typer.Option(1, help="torch threads per run"),
+    workers: Optional[int] = typer.Option(None, min=1, help="runs at once (default: one per core on CPU, 1 on CUDA)"),
+    threads: int = typer.Option(1, min=1, help="torch threads per run"),
     group_size: Optional[int] = typer.Option(
-        None, help="runs differing only in seed and λ trained together as one vectorized group of at most "
+        None, min=1, help="runs differing only in seed and λ trained together as one vectorized group of at most "
                    "this many (default: where measured to pay: SIN MLPs on CPU, small nets on CUDA); 1: never"),
     backend: str = typer.Option("local", help="local or ray"),
     address: Optional[str] = typer.Option(None, help="ray cluster address (default: start a local one)"),
@@ -275,8 +291,14 @@ def sweep(
     progress: bool = typer.Option(True),
 ):
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
-    from .sweep import default_workers, run_sweep
+    from .sweep import _dataset, default_workers, run_sweep
+    from .validate import check_device, check_overrides, check_runs
 
+    check_overrides(_parse_pairs(set_, "--set"))
+    check_device(device)
+    if backend == "ray":
+        from .sweep import _import_ray
+        _import_ray()
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp, smoke=smoke)
     if smoke:
@@ -285,6 +307,8 @@ def sweep(
         plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     except ValueError as e:  # e.g. --seeds outside [1, DEV_SEED_OFFSET)
         _fail(str(e))
+    # Once, here, what would fail every run: the data, the training-set size, the model's fit to the data.
+    check_runs([p.config for p in plan], lambda name: _dataset(name, data_dir))
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:
@@ -296,7 +320,24 @@ def sweep(
     typer.echo(f"{summary.total} runs: {summary.skipped} already in the database, {summary.done} done, "
                f"{summary.diverged} diverged, {summary.failed} failed, {summary.busy} left to another "
                f"sweep, in {summary.seconds:.0f}s")
-    raise typer.Exit(1 if summary.failed else 0)
+    _explain_failures(summary, db)
+    raise typer.Exit(1 if summary.failed or summary.failed_before else 0)
+
+
+def _explain_failures(summary, db: Path) -> None:
+    """Why runs failed (one line per distinct cause), and what to do about runs that failed before."""
+    if summary.failures:
+        typer.echo(f"{summary.failed} run(s) failed; causes (first line of each distinct error):", err=True)
+        for cause, count, key in summary.failures:
+            typer.echo(f"  {count} x {cause}  (e.g. run {key})", err=True)
+        typer.echo(f"  full tracebacks: the error column of {db}; fix the cause, then rerun with --retry-failed",
+                   err=True)
+    if summary.failed_before:
+        typer.echo(f"{summary.failed_before} run(s) failed in an earlier sweep and were not trained again; "
+                   "rerun with --retry-failed to train them", err=True)
+    if summary.other_status:
+        typer.echo(f"{summary.other_status} run(s) have a status this gradreg does not know (written by another "
+                   "program or a newer gradreg); left as they are", err=True)
 
 
 def _check_grid_options(lambdas: str, against: str | None, paired: bool) -> None:
@@ -437,11 +478,26 @@ def _process_options(
     set_default_flush_denormal(flush_denormal)
 
 
-def main() -> None:  # console script entry point
+def main(argv: Optional[List[str]] = None) -> None:
+    """The console script: every error the user can fix is one line naming problem and fix, exit code 2;
+    ``--debug`` (anywhere on the line) or GRADREG_DEBUG=1 shows the traceback instead."""
+    import os
+
+    from .errors import user_message
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GRADREG_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        app()
+        app(args=args, prog_name="gradreg")
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - mapped to one line, or re-raised as a bug
+        message = user_message(exc)
+        if debug or message is None:
+            raise
+        typer.secho(f"error: {message} (--debug shows the traceback)", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

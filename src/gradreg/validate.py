@@ -6,13 +6,15 @@ empty test split), a dropped imaginary part, a bool label taken as a regression 
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["MAX_CLASSES", "check_dataset", "check_npz_arrays"]
+__all__ = ["MAX_CLASSES", "check_dataset", "check_device", "check_npz_arrays", "check_overrides", "check_runs"]
 
 MAX_CLASSES = 100_000  # above any real label set (ImageNet-21k: 21,841); a larger label is a mistake
 
@@ -65,3 +67,82 @@ def check_dataset(ds: Any) -> None:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise _error(f"{ds.name}: the {split} split's {what} hold non-finite values (NaN or inf); "
                              "fix the data files")
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_overrides(pairs: Iterable[tuple[str, str]]) -> None:
+    """``--set KEY=VALUE`` strings that the recipe would otherwise change silently or choke on: an
+    integer field given a fraction (``steps=1.5`` would train 1 step), a non-finite or float32-overflowing
+    number (``lr=inf``, ``lr=1e40``), Adam ``betas`` that are not two numbers in [0, 1)."""
+    import dataclasses
+
+    from .recipes import Recipe
+
+    kinds = {f.name: type(getattr(Recipe(), f.name)) for f in dataclasses.fields(Recipe)}
+    for key, text in pairs:
+        kind = kinds.get(key)
+        if kind is None or kind in (str, bool):
+            continue  # unknown keys and names: the recipe's own check lists the valid ones
+        values = [v for v in text.split(",") if v.strip()] if kind is tuple else [text]
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            raise ValueError(f"--set {key}={text}: expected {'numbers separated by commas' if kind is tuple else 'a number'}") from None
+        for x in numbers:
+            if not math.isfinite(x) or abs(x) > _FLOAT32_MAX:
+                raise ValueError(f"--set {key}={text}: must be a finite number within float32's range "
+                                 f"(|x| <= {_FLOAT32_MAX:.3g})")
+        if kind is int and not numbers[0].is_integer():
+            raise ValueError(f"--set {key}={text}: {key} is a whole number (it would be truncated to "
+                             f"{int(numbers[0])}); give an integer")
+        if key == "betas" and (len(numbers) != 2 or not all(0 <= b < 1 for b in numbers)):
+            raise ValueError(f"--set betas={text}: Adam's betas are two numbers in [0, 1), e.g. --set betas=0.9,0.999")
+
+
+def check_device(device: str) -> None:
+    """``device`` names a device this torch build and machine have."""
+    try:
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           "cpu" if device == "auto" else device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device}: not a device name ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: {why}; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"--device {device}: gradreg runs on cpu or cuda")
+
+
+def check_runs(configs: Iterable[Any], dataset_of: Any) -> None:
+    """What would fail every run of a sweep, checked once before any trains: the training-set size
+    against the pool, the model against the data's shape, terms that are zero by construction for the
+    task. ``dataset_of(name)`` loads a dataset (a DataError from it is the data's problem, raised too)."""
+    from .models import create_model
+
+    seen: set[tuple] = set()
+    for c in configs:
+        shape = (c.dataset, c.train_size, c.model_name, c.batchnorm, tuple(n for n, _ in c.terms))
+        if shape in seen:
+            continue
+        seen.add(shape)
+        ds = dataset_of(c.dataset)
+        units = len(ds.x_pool) // 2 if ds.pair_offset is not None else len(ds.x_pool)
+        if c.train_size is not None and c.train_size > units:
+            raise ValueError(f"train_size {c.train_size} is larger than the {c.dataset} pool ({units} "
+                             f"{'pairs' if ds.pair_offset is not None else 'points'}); use at most {units}")
+        try:
+            create_model(c.model_name, input_shape=tuple(ds.input_shape), num_outputs=ds.num_outputs,
+                         batchnorm=c.batchnorm, dropout=c.resolved_recipe().dropout)
+        except ValueError as exc:
+            raise ValueError(f"model {c.model_name} on {c.dataset}: {exc}") from None
+        if ds.task == "regression" and any(n == "confidence_penalty" for n, _ in c.terms):
+            raise ValueError(f"confidence_penalty on {c.dataset}, a regression task: the term is the entropy "
+                             "of a softmax over classes, zero by construction here; drop it")
