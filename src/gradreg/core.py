@@ -250,7 +250,8 @@ class Regularizer(abc.ABC):
             return False
         if detected:
             warn_once(f"coupled:{self.name}", (
-                f"{self.name}: the model couples the samples of the batch (train-mode BatchNorm), so "
+                f"{self.name}: the model couples the samples of the batch (BatchNorm with batch statistics: "
+                "train mode, or track_running_stats=False), so "
                 "batch_mode='sample' computes each sample's own Jacobian exactly, with one backward pass per "
                 "sample and projection: about B times the cost of the term on an uncoupled model. "
                 "batch_mode='batch' takes one backward pass (the paper's batch-summed form, with cross-sample "
@@ -270,6 +271,8 @@ class Regularizer(abc.ABC):
             return None
         if not isinstance(y, Tensor):
             y = torch.as_tensor(y, device=z.device)
+        if y.is_inference():  # labels made under inference mode cannot be saved for backward
+            y = y.clone()
         n, m = z.shape
         if y.shape[0] != n:
             raise ValueError(f"{self.name}: y has {y.shape[0]} rows but the batch has {n}")

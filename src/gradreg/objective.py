@@ -129,6 +129,8 @@ class Objective:
                           output=self.output, where="objective", detect=detect)
         logits = fwd.z
         labeled = logits if unlabeled is None else logits[:b]  # no view node when there is nothing to cut
+        if isinstance(y, Tensor) and y.is_inference():  # made under inference mode: cannot be saved for backward
+            y = y.clone()
         task = self.task_loss(labeled, y)
         if task.dim() > 0:  # a callable returning per-sample values
             task = _per_sample_values(task, labeled.shape[0], self.task_loss).mean()
