@@ -5,6 +5,7 @@ from .regularizers import (
     SpectReg, couples_batch, get_regularizer, register_regularizer,
 )
 from .wrt import Wrt
+from .estimators import FDDataGrad, FDSpectReg, JVPSpectReg
 from .data import DATASETS, DataError, Dataset, load_dataset, register_dataset
 from .models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
 from .recipes import RECIPES, Recipe, get_recipe
@@ -22,6 +23,7 @@ __all__ = [
     "Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES",
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch", "Wrt",
+    "FDSpectReg", "FDDataGrad", "JVPSpectReg",
     "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset",
     "MODELS", "count_parameters", "create_model", "register_model", "StreamDropout", "use_dropout_stream",
     "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
