@@ -87,9 +87,12 @@ def train(
                            seed=seed, max_eval=500 if smoke else None)
     except ValueError as e:
         _fail(str(e))
-    from .data import load_dataset
-    ds = load_dataset(config.dataset, data_dir)
-    check_runs([config], lambda name: ds)
+    from .data import DataError, load_dataset
+    try:
+        ds = load_dataset(config.dataset, data_dir)
+        check_runs([config], lambda name: ds)
+    except (DataError, ValueError) as e:
+        _fail(str(e))
     result = train_run(config, dataset=ds, data_dir=data_dir, device=device, progress=progress and not as_json)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -291,8 +294,8 @@ def sweep(
     progress: bool = typer.Option(True),
 ):
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
-    from .sweep import _dataset, default_workers, run_sweep
-    from .validate import check_device, check_overrides, check_runs
+    from .sweep import default_workers, run_sweep
+    from .validate import check_device, check_overrides
 
     check_overrides(_parse_pairs(set_, "--set"))
     check_device(device)
@@ -307,8 +310,6 @@ def sweep(
         plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
     except ValueError as e:  # e.g. --seeds outside [1, DEV_SEED_OFFSET)
         _fail(str(e))
-    # Once, here, what would fail every run: the data, the training-set size, the model's fit to the data.
-    check_runs([p.config for p in plan], lambda name: _dataset(name, data_dir))
     n_workers = workers or default_workers(device)
     typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:
@@ -434,6 +435,50 @@ def index(results: Path = typer.Option(Path("results"), help="the results folder
     except (OSError, ValueError, KeyError) as e:
         _fail(f"{type(e).__name__}: {e}")
     typer.echo("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command()
+def reproduce(
+    experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
+    results: Path = typer.Option(RESULTS_DIR, help="the results folder its tables and databases lie in"),
+    sweep_first: bool = typer.Option(False, "--sweep", help="first run (or resume) the sweeps the tables "
+                                     "need, each λ-selection phase before the next"),
+    data_dir: Optional[Path] = typer.Option(None, envvar="GRADREG_DATA_DIR", help="where dataset files lie"),
+    workers: Optional[int] = typer.Option(None, min=1, help="runs at once (--sweep)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the commands, run nothing"),
+):
+    """Regenerate every committed table of an experiment (its reports: results/<table>.md and .csv)
+    from its databases; with --sweep, train what they need first."""
+    import shlex
+
+    from typer.main import get_command
+
+    exp = _experiment(experiment, [], None, [], None)
+    if not exp.reports:
+        _fail(f"{experiment} lists no reports; an experiment file lists them as [[reports]] entries "
+              "(see gradreg.reports), or use `gradreg report`")
+    phases = {"paper": 0, "grid": 1, "selected": 2}
+    commands = []
+    if sweep_first:
+        sweeps = {}
+        for r in sorted(exp.reports, key=lambda r: phases[r.lambdas]):
+            args = [a for a in r.arguments() if a != "--paired"]
+            if r.against:
+                i = args.index("--against")
+                del args[i:i + 2]
+            db = str(results / r.database(exp.database))
+            sweeps.setdefault((db, *args), ["sweep", experiment, *args, "--db", db]
+                              + (["--data-dir", str(data_dir)] if data_dir else [])
+                              + (["--workers", str(workers)] if workers else []))
+        commands += list(sweeps.values())
+    for r in exp.reports:
+        commands.append(["report", experiment, *r.arguments(), "--db", str(results / r.database(exp.database)),
+                         "--markdown", str(results / f"{r.table}.md"), "--csv", str(results / f"{r.table}.csv")])
+    cli = get_command(app)
+    for cmd in commands:
+        typer.echo("$ gradreg " + shlex.join(cmd))
+        if not dry_run:
+            cli.main(cmd, prog_name="gradreg", standalone_mode=False)
 
 
 @app.command()

@@ -181,6 +181,22 @@ def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) ->
                              f"tell data apart. Sweep into another database (--db; db_path in Python) to keep both.")
 
 
+def _preflight(configs: list[RunConfig], data_dir: Any) -> None:
+    """Refuse, before any run trains, settings that would fail every run of their kind
+    (:func:`gradreg.validate.check_runs`). A dataset that does not load is left to the runs: they fail
+    with its error, and :func:`_stop_on_data_error` stops the sweep where that is every run."""
+    from .data import DataError
+    from .validate import check_runs
+
+    def dataset_of(name: str) -> Any:
+        try:
+            return _dataset(name, data_dir)
+        except DataError:
+            return None
+
+    check_runs(configs, dataset_of)
+
+
 def _stop_on_data_error(store: ResultStore, key: str, dataset: str, datasets: set[str], trained_ok: set[str]) -> None:
     """Stop the sweep when a run failed because its dataset does not load, every run of the sweep uses
     that dataset, and none has trained: the others would fail the same way, each after loading it again.
@@ -619,6 +635,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         summary.other_status = sum(c.key() in known and known[c.key()] not in STATUSES for c in todo)
         todo = [c for c in todo if known.get(c.key()) not in finished and known.get(c.key(), "running") in STATUSES]
         summary.skipped = summary.total - len(todo)
+        _preflight(todo, data_dir)
         tasks = plan_tasks(todo, group_size=group_size, workers=workers, device=device) if todo else []
         dataset_of = {c.key(): c.dataset for c in todo}
         trained_ok: set[str] = set()  # datasets with a run done or diverged in this call
