@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .wrt import Wrt, coupling_modules, pick_output, run_forward, warn_once
+from .wrt import INPUT, Wrt, coupling_modules, pick_output, run_forward, warn_once
 from .wrt import _entries as _items
 
 
@@ -166,7 +166,7 @@ class Regularizer(abc.ABC):
                  logits: Tensor | None = None,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None) -> Tensor:
         differentiable = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
-        wrt = self.wrt or Wrt()
+        wrt = self.wrt or INPUT
         with torch.inference_mode(False), torch.enable_grad():
             if logits is None:
                 detect = self.uses_input and self.batch_mode == "sample" and self.couples_batch is None
@@ -187,7 +187,7 @@ class Regularizer(abc.ABC):
             if t is not None and z.dim() > 0 and z.shape[0] != t.shape[0]:
                 raise ValueError(f"{self.name}: model output has {z.shape[0]} rows for a batch of "
                                  f"{t.shape[0]} inputs; expected ({t.shape[0]}, m)")
-            plain = isinstance(x, Tensor) and wrt == Wrt() and self.output is None
+            plain = isinstance(x, Tensor) and is_plain(wrt) and self.output is None
             return evaluate_term(self, model, t, z, y, generator=generator, differentiable=differentiable,
                                  plain=plain, coupled=coupled, forward=forward)
 
@@ -298,6 +298,11 @@ def evaluate_term(term: Regularizer, model, x, z, y, *, generator, differentiabl
                              "inputs or output= (yet); use it on a plain tensor input and output")
         extras = {k: v for k, v in extras.items() if k in accepted}
     return term.evaluate(model, x, z, y, generator=generator, differentiable=differentiable, **extras)
+
+
+def is_plain(wrt: Wrt) -> bool:
+    """The whole of the model's only input: what a term that re-runs ``model(x)`` itself can handle."""
+    return wrt is INPUT or (wrt.module is None and wrt.input is None and wrt.features is None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .core import is_plain
 from .regularizers import REGULARIZERS, DataGrad, Regularizer, evaluate_term, get_regularizer
-from .wrt import Wrt, batch_size, concat_inputs, run_forward
+from .wrt import INPUT, Wrt, batch_size, concat_inputs, run_forward
 
 __all__ = ["Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES"]
 
@@ -119,7 +120,7 @@ class Objective:
                                terms={k: v.detach() for k, v in out.terms.items()})
 
     def _run(self, model, x, y, unlabeled, generator, differentiable: bool) -> ObjectiveOutput:
-        active = [(w, t, n, t.wrt or self.wrt or Wrt()) for (w, t), n in zip(self.terms, self.names) if w > 0]
+        active = [(w, t, n, t.wrt or self.wrt or INPUT) for (w, t), n in zip(self.terms, self.names) if w > 0]
         b = batch_size(x)
         if unlabeled is not None:
             x = concat_inputs(x, unlabeled)
@@ -148,7 +149,7 @@ class Objective:
             # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole tensor.
             value = evaluate_term(term, model, fwd.tensors.get(key), labeled if term.needs_labels else logits,
                                   y if term.needs_labels else None, generator=generator,
-                                  differentiable=differentiable, plain=plain and wrt == Wrt(), **extras)
+                                  differentiable=differentiable, plain=plain and is_plain(wrt), **extras)
             parts[name] = value.mean()
             loss = loss + weight * parts[name]
         return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)

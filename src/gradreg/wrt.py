@@ -99,6 +99,9 @@ class Wrt:
         return g.flatten(start).index_select(start, idx)
 
 
+INPUT = Wrt()  # the default: the model's only input, all features
+
+
 def _feature_indices(features) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     t = torch.as_tensor(features)
     if t.dtype == torch.bool:
@@ -249,10 +252,9 @@ class Forward:
     def rerun(self, wrt: Wrt) -> Callable[[Tensor], Tensor]:
         """``t -> z``: the model's picked outputs with the differentiated tensor replaced by ``t``
         (what finite-difference and forward-mode estimators evaluate)."""
-        if wrt.module is None:
-            key = input_key(self.inputs, wrt, self.where)
-            return lambda t: pick_output(call_model(self.model, _rebuild(self.inputs, {key: t})),
-                                         self.output, self.where)
+        if wrt.module is None:  # built lazily: most terms never call it
+            return lambda t: pick_output(call_model(self.model, _rebuild(
+                self.inputs, {input_key(self.inputs, wrt, self.where): t})), self.output, self.where)
         module = dict(self.model.named_modules())[wrt.module]
 
         def run(t: Tensor) -> Tensor:
