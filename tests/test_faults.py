@@ -311,3 +311,131 @@ def test_a_damaged_mnist_folder_fails_every_run_once_and_stops_the_sweep(tmp_pat
         assert store.counts() == {"running": 0, "done": 0, "diverged": 0, "failed": 1}  # one tried, not four
     summary = run_sweep(configs[:1], db, data_dir=tmp_path, progress=False)  # a rerun says what failed before
     assert (summary.skipped, summary.failed_before) == (1, 1)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def test_report_of_a_regression_experiment_file_reads_mse(tmp_path):
+    from gradreg.report import collect, markdown_table
+    from gradreg.spec import load_experiment
+
+    spec = tmp_path / "sinreg.toml"
+    spec.write_text('seeds = 2\n[run]\ndataset = "sin"\noverrides = { steps = 20, eval_points = 1 }\n'
+                    '[[cells]]\nrow = "baseline"\nbaseline = true\n')  # no metric: the classification default
+    exp = load_experiment(spec)
+    db = tmp_path / "sinreg.db"
+    run_sweep([p.config for p in exp.plan()], db, progress=False)
+    with ResultStore(db, readonly=True) as store:
+        [st] = collect(exp, store)
+    assert (st.n, st.failed, st.shown_metric) == (2, 0, "test_mse")
+    text = markdown_table(exp, [st])
+    assert "(MSE in 1e-5)" in text and "(%)" not in text and "n=2" in text
+
+
+# -- the command line -------------------------------------------------------------------------------
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """Run ``gradreg ARGS`` in this process; (exit code, stderr)."""
+    from gradreg.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return info.value.code, capsys.readouterr().err
+
+
+_CLI_CASES = {
+    "unknown model": (["train", "--model", "foo"], "unknown model 'foo'; valid:"),
+    "train size over the pool": (["train", "--train-size", "100000"], "larger than the digits pool (997 points)"),
+    "betas not a pair": (["train", "--set", "betas=0.9"], "Adam's betas are two numbers"),
+    "lr overflows float32": (["train", "--set", "lr=1e40"], "lr=1e40: must be a finite number"),
+    "lr infinite": (["train", "--set", "lr=inf"], "lr=inf: must be a finite number"),
+    "steps fractional": (["train", "--set", "steps=1.5"], "would be truncated to 1"),
+    "batch mode unknown": (["train", "--batch-mode", "foo", "--reg", "spectreg=0.01"], "--batch-mode must be"),
+    "batch mode without a term": (["train", "--batch-mode", "sample"], "no --reg is given"),
+    "confidence penalty on regression": (["train", "--dataset", "sin", "--reg", "confidence_penalty=1"],
+                                         "zero by construction"),
+    "image model on sin": (["train", "--dataset", "sin", "--model", "lenet5"], "lenet5 needs image inputs"),
+    "workers zero": (["sweep", "SPEC", "--workers", "0"], "--workers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CLI_CASES))
+def test_cli_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys, case):
+    args, match = _CLI_CASES[case]
+    spec = tmp_path / "ok.toml"
+    spec.write_text('seeds = 1\n[run]\ndataset = "digits"\ntrain_size = 50\noverrides = { steps = 3 }\n'
+                    '[[cells]]\nrow = "b"\nbaseline = true\n')
+    args = [str(spec) if a == "SPEC" else a for a in args] + ["--no-progress"]
+    code, err = _cli(capsys, *args)
+    assert code == 2 and match in err, err
+    assert "Traceback" not in err
+
+
+def test_cli_device_unavailable(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = _cli(capsys, "train", "--device", "cuda")
+    assert code == 2 and "--device cuda" in err and "--device cpu" in err and "Traceback" not in err
+
+
+def test_cli_debug_shows_the_traceback(capsys):
+    from gradreg.cli import main
+
+    with pytest.raises(ValueError, match="unknown model 'foo'"):
+        main(["train", "--model", "foo", "--debug"])
+
+
+def test_cli_sweep_refuses_what_would_fail_every_run(tmp_path, capsys):
+    spec = tmp_path / "big.toml"
+    spec.write_text('seeds = 1\n[run]\ndataset = "digits"\ntrain_size = 5000\noverrides = { steps = 3 }\n'
+                    '[[cells]]\nrow = "b"\nbaseline = true\n')
+    db = tmp_path / "big.db"
+    code, err = _cli(capsys, "sweep", str(spec), "--db", str(db), "--no-progress")
+    assert code == 2 and "train_size 5000 is larger than the digits pool" in err
+    with ResultStore(db) as store:
+        assert len(store) == 0  # nothing was claimed, nothing failed
+
+
+def test_cli_backend_ray_without_ray(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code, err = _cli(capsys, "sweep", "table4", "--backend", "ray", "--db", str(tmp_path / "r.db"))
+    assert code == 2 and "pip install 'gradreg[ray]'" in err
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "foreign", "future", "under a file"])
+def test_cli_bad_databases_are_one_line(tmp_path, capsys, kind):
+    db = tmp_path / "x.db"
+    if kind == "corrupt":
+        db.write_bytes(b"garbage" * 200)
+    elif kind == "foreign":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE photos (id INTEGER)")
+        conn.close()
+    elif kind == "future":
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA user_version = 99")
+        conn.close()
+    else:
+        db.write_text("a file")
+        db = db / "sub" / "runs.db"
+    before = db.read_bytes() if db.is_file() else None
+    for command in ("sweep", "report"):
+        code, err = _cli(capsys, command, "table7", "--db", str(db), *(["--no-progress"] if command == "sweep" else []))
+        assert code == 2 and err.count("\n") == 1 and "--db" in err and "Traceback" not in err, err
+    assert (db.read_bytes() if db.is_file() else None) == before
+
+
+def test_cli_rerun_explains_earlier_failures(tmp_path, capsys):
+    spec = tmp_path / "mn.toml"
+    spec.write_text('seeds = 1\n[run]\ndataset = "mnist"\ntrain_size = 50\nmax_eval = 10\noverrides = { steps = 3 }\n'
+                    '[[cells]]\nrow = "b"\nbaseline = true\n')
+    db, data = tmp_path / "mn.db", tmp_path / "data"
+    data.mkdir()
+    code, err = _cli(capsys, "sweep", str(spec), "--db", str(db), "--data-dir", str(data), "--no-progress")
+    assert code == 2 and "MNIST not found" in err and "--retry-failed" in err and err.count("\n") == 1
+    code, err = _cli(capsys, "sweep", str(spec), "--db", str(db), "--data-dir", str(data), "--no-progress")
+    assert code == 1 and "1 run(s) failed in an earlier sweep" in err and "--retry-failed" in err

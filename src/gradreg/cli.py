@@ -38,7 +38,12 @@ def _check_term_options(terms: list, batch_mode: str, n_projections: int) -> Non
                          "one (e.g. --reg spectreg=0.03) or drop the option")
 
 
+_DEBUG = False  # set by main(): --debug shows tracebacks
+
+
 def _fail(message: str) -> None:
+    if _DEBUG and sys.exc_info()[1] is not None:
+        raise  # noqa: PLE0704 - the exception being handled where _fail was called, with its traceback
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -533,6 +538,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("GRADREG_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    global _DEBUG
+    _DEBUG = debug
     try:
         app(args=args, prog_name="gradreg")
     except KeyboardInterrupt:

@@ -32,6 +32,15 @@ def higher_is_better(metric: str) -> bool:
     return not metric.endswith("mse") and not metric.endswith("loss")
 
 
+def task_metric(metric: str, metrics: dict) -> str:
+    """``metric``, or where a run of a regression task lacks it (a classification default such as
+    ``test_acc``, as an experiment file without ``metric`` gets) the same split's ``mse``."""
+    split = metric.split("_", 1)[0]
+    if metric not in metrics and metric.endswith(("_acc", "_top5", "_loss")) and f"{split}_mse" in metrics:
+        return f"{split}_mse"
+    return metric
+
+
 def dev_metric(metric: str) -> str:
     """The dev-set counterpart of a test metric (``test_acc`` -> ``dev_acc``); λ is chosen on it."""
     return "dev_" + metric.split("_", 1)[1] if metric.startswith(("test_", "train_")) else metric
@@ -50,6 +59,11 @@ class CellStats:
     p_value: float | None = None                          # vs the reference, Bonferroni-adjusted
     delta: float | None = None                            # mean - reference mean
     test: str = ""                                        # what p_value is: "welch" or "paired" ("" none)
+    metric: str = ""                                      # read from the runs: cell.metric, or its task's
+
+    @property
+    def shown_metric(self) -> str:
+        return self.metric or self.cell.metric
 
     @property
     def n(self) -> int:
@@ -111,9 +125,12 @@ def _gather(plan: Iterable[PlannedRun], store: ResultStore, metric_of,
             st.diverged += 1
         elif row["status"] == "failed":
             st.failed += 1
+        elif row["status"] != "done":  # a status this gradreg does not know: not a result, not a failure
+            st.missing += 1
         else:
             metrics = row["metrics"] or {}
-            value = metrics.get(metric_of(p.cell))
+            st.metric = task_metric(metric_of(p.cell), metrics)
+            value = metrics.get(st.metric)
             if value is None:
                 st.failed += 1
                 continue
@@ -141,7 +158,9 @@ def _choose(experiment: Experiment, stats: dict, require_complete: bool) -> dict
     for cell in experiment.cells:
         if not cell.tuned:
             continue
-        sign = 1.0 if higher_is_better(cell.metric) else -1.0
+        metric = next((stats[(cell.key, lam)].shown_metric for lam in cell.grid if stats[(cell.key, lam)].n),
+                      cell.metric)
+        sign = 1.0 if higher_is_better(metric) else -1.0
         scored = []
         for lam in cell.grid:
             st = stats[(cell.key, lam)]
@@ -252,7 +271,7 @@ def _runs_text(st: CellStats, metric: str) -> str:
 
 
 def _cell_text(st: CellStats, show_paper: bool = True) -> str:
-    metric = st.cell.metric
+    metric = st.shown_metric
     text = _runs_text(st, metric)
     if st.p_value is not None:
         text += f" p={st.p_value:.2g}{'*' if st.significant else ''}"
@@ -280,7 +299,7 @@ def _reference_text(experiment: Experiment) -> str:
 def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     """The experiment in the paper's layout: methods as rows, setups as columns."""
     by = {st.cell.key: st for st in stats}
-    metric = experiment.cells[0].metric
+    metric = next((st.shown_metric for st in stats if st.n), experiment.cells[0].metric)
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
     show_paper = experiment.has_paper_values  # else no column of dashes
     paper_note = " · the paper's value" if show_paper else ""
@@ -309,7 +328,7 @@ def csv_rows(experiment: Experiment, stats: list[CellStats]) -> list[dict]:
         paper = st.cell.paper or (None, None)
         ref = experiment.reference(st.cell)  # what p_bonferroni and delta compare with: "row / column"
         out.append({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
-                    "metric": st.cell.metric, "term": st.cell.term or "", "lambda": st.lam,
+                    "metric": st.shown_metric, "term": st.cell.term or "", "lambda": st.lam,
                     "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
                     "diverged": st.diverged, "failed": st.failed, "missing": st.missing,
                     "p_bonferroni": st.p_value, "test": st.test, "delta": st.delta,
@@ -351,7 +370,7 @@ def markdown_grid_table(experiment: Experiment, stats: list[CellStats],
                         chosen: dict[tuple[str, str], float]) -> str:
     """Phase 1 of the λ selection, one line per tuned cell and grid λ: the dev metric, the λ chosen,
     and how far each neighbour lies from the choice."""
-    metric = dev_metric(experiment.cells[0].metric)
+    metric = next((st.shown_metric for st in stats if st.n), dev_metric(experiment.cells[0].metric))
     unit = " (MSE in 1e-5)" if metric.endswith("mse") else " (%)" if "acc" in metric or "top5" in metric else ""
     better = "highest" if higher_is_better(metric) else "lowest"
     scale = 1e5 if metric.endswith("mse") else 1.0
@@ -388,7 +407,7 @@ def write_grid_csv(experiment: Experiment, stats: list[CellStats], chosen: dict[
                    path: str | Path | None = None) -> str:
     """:func:`markdown_grid_table` as CSV, one row per tuned cell and grid λ."""
     rows = ({"experiment": experiment.name, "row": st.cell.row, "column": st.cell.column,
-             "metric": dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
+             "metric": st.metric or dev_metric(st.cell.metric), "term": st.cell.term, "lambda": st.lam,
              "paper_lambda": st.cell.paper_lambda, "chosen": chosen.get(st.cell.key) == st.lam,
              "at_window_edge": at_window_edge(st.cell, st.lam),
              "n": st.n, "mean": st.mean if st.n else None, "std": st.std if st.n > 1 else None,
