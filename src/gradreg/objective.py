@@ -111,7 +111,9 @@ class Objective:
         return f"Objective({getattr(self.task_loss, '__name__', self.task_loss)}, {self.terms})"
 
     def __call__(self, model, x, y: Tensor, *, unlabeled=None,
-                 generator: torch.Generator | None = None) -> ObjectiveOutput:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> ObjectiveOutput:
+        """``x``: a tensor, a tuple (``model(*x)``) or a dict (``model(**x)``); ``unlabeled``: extra rows
+        of the same structure; ``generator``: as the terms take it (a sequence: one per equal chunk)."""
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             return self._run(model, x, y, unlabeled, generator, differentiable=True)
         with torch.inference_mode(False), torch.enable_grad():
