@@ -1,6 +1,7 @@
 """Your own experiments as TOML files (gradreg.spec): parsing, clear errors, and the CLI end to end."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +311,73 @@ def test_every_run_config_field_but_seed_and_terms_can_be_set_from_a_file():
 
     from gradreg.spec import _RUN_TYPES
     assert set(_RUN_TYPES) == {f.name for f in dataclasses.fields(RunConfig)} - {"seed", "terms"}
+
+
+# --- [[reports]]: the tables an experiment file's runs make (gradreg reproduce) ---
+
+
+_REPORTS_BASE = """
+name = "rep"
+[run]
+dataset = "digits"
+[[cells]]
+row = "SpectReg"
+term = "spectreg"
+grid = [0.001, 0.01]
+"""
+
+
+def test_reports_parse_and_become_report_arguments(tmp_path):
+    from gradreg.reports import Report
+
+    p = tmp_path / "r.toml"
+    p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "rep_dev"\nlambdas = "grid"\nseeds = 2\n'
+                 '[[reports]]\ntable = "sub/rep_sel"\ndb = "other.db"\nlambdas = "selected"\nseeds = 5\n'
+                 'dev_seeds = 2\npaired = true\nrows = ["SpectReg"]\nset = {lr = 0.001}\n')
+    exp = load_experiment(p)
+    assert exp.reports == (Report("rep_dev", lambdas="grid", seeds=2),
+                           Report("sub/rep_sel", db="other.db", lambdas="selected", seeds=5, dev_seeds=2,
+                                  paired=True, rows=("SpectReg",), set=(("lr", 0.001),)))
+    assert exp.reports[0].database(exp.database) == "rep.db"
+    assert exp.reports[1].arguments() == ["--lambdas", "selected", "--seeds", "5", "--dev-seeds", "2", "--row",
+                                          "SpectReg", "--paired", "--set", "lr=0.001"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('seeds = 2', "needs a table"),
+    ('table = "a"\ncolour = 1', "unknown key(s) 'colour'; valid: table, db"),
+    ('table = "../a"', "table must be a file stem under results/"),
+    ('table = "a"\nlambdas = "best"', "lambdas must be paper, grid or selected"),
+    ('table = "a"\nlambdas = "grid"\npaired = true', "against/paired are for the paper and selected phases"),
+    ('table = "a"\nseeds = -1', "seeds must be a non-negative integer"),
+    ('table = "a"\npaired = "yes"', "paired must be a bool"),
+])
+def test_bad_reports_name_the_entry_and_the_problem(tmp_path, entry, message):
+    p = tmp_path / "r.toml"
+    p.write_text(_REPORTS_BASE + "[[reports]]\n" + entry + "\n")
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        load_experiment(p)
+    assert "reports[0]" in str(err.value)
+
+
+def test_two_reports_of_one_table_are_refused(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "a"\n[[reports]]\ntable = "a"\nseeds = 3\n')
+    with pytest.raises(ValueError, match="two reports write the same table"):
+        load_experiment(p)
+
+
+def test_reproduce_runs_each_phase_in_order_and_refuses_an_experiment_without_reports(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "rep_sel"\nlambdas = "selected"\nseeds = 3\ndev_seeds = 2\n'
+                 'against = "SpectReg"\n[[reports]]\ntable = "rep_dev"\nlambdas = "grid"\nseeds = 2\n')
+    out = CliRunner().invoke(app, ["reproduce", str(p), "--sweep", "--dry-run", "--results", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.startswith("$ gradreg")]
+    assert [line.split()[2] for line in lines] == ["sweep", "sweep", "report", "report"]
+    assert "--lambdas grid --seeds 2" in lines[0] and "--lambdas selected --seeds 3 --dev-seeds 2" in lines[1]
+    assert "--against" not in lines[1] and "--against SpectReg" in lines[2]
+    assert f"--markdown {tmp_path / 'rep_dev.md'}" in lines[3]
+    p.write_text(_REPORTS_BASE)
+    out = CliRunner().invoke(app, ["reproduce", str(p)])
+    assert out.exit_code != 0 and "lists no reports" in out.output

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from .cost import STEP_SECONDS, estimate_run_seconds
 from .regularizers import REGULARIZERS
+from .reports import Report
 from .train import RunConfig
 
 __all__ = [
@@ -170,10 +171,15 @@ class Experiment:
     reference_row: str = ""           # set by with_reference_row: the row compared with instead of the baselines
     db_name: str | None = None        # the default results database's name; None: see ``database``
     imports: tuple[str, ...] = ()     # modules/.py files registering the user's components (gradreg.plugins)
+    reports: tuple[Report, ...] = ()  # the committed tables made from its runs (gradreg.reports)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cells", tuple(self.cells))
         object.__setattr__(self, "imports", tuple(self.imports))
+        object.__setattr__(self, "reports", tuple(self.reports))
+        tables = [r.table for r in self.reports]
+        if len(set(tables)) < len(tables):
+            raise ValueError(f"{self.name}: two reports write the same table")
         if not self.cells:
             raise ValueError(f"{self.name}: no cells")
         if self.kind not in ("table", "figure"):
@@ -764,7 +770,25 @@ _add(Experiment(
     notes=_TIN_NOTES,
 ))
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _EXPERIMENTS}
+# The committed tables of the paper's experiments (results/<table>.md, .csv), the arguments that make
+# them (gradreg reproduce NAME; tests/test_committed_results.py checks each against its database).
+_REPORTS: dict[str, tuple[Report, ...]] = {
+    "table1": (Report("table1"),),
+    "table2": (Report("table2"), Report("lr0.001/table2", db="lr0.001/mnist.db", set=(("lr", 0.001),))),
+    "table2_cp": (Report("table2_cp"),),
+    "table4": (Report("table4"),
+               Report("table4_dev", lambdas="grid", grid_window=1, seeds=5),
+               Report("table4_selected", lambdas="selected", grid_window=1, dev_seeds=5),
+               Report("table4_SpectReg_dev", lambdas="grid", grid_window=2, seeds=5, rows=("SpectReg",)),
+               Report("table4_SpectReg_selected", lambdas="selected", grid_window=2, dev_seeds=5, rows=("SpectReg",)),
+               Report("lr0.001/table4", db="lr0.001/mnist.db", set=(("lr", 0.001),))),
+    "table6": (Report("table6"),),
+    "table7": (Report("table7"),),
+    "sin2": (Report("sin2", db="sin.db"),),
+    "sin_lownoise": (Report("sin_lownoise"),),
+}
+EXPERIMENTS: dict[str, Experiment] = {e.name: dataclasses.replace(e, reports=_REPORTS.get(e.name, ()))
+                                      for e in _EXPERIMENTS}
 if len(EXPERIMENTS) != len(_EXPERIMENTS):
     raise RuntimeError("duplicate experiment names")
 

@@ -65,11 +65,12 @@ Your own model (or dataset, regularizer, recipe): register it in a Python file a
 Top-level keys: ``name``, ``title``, ``source`` (default: the file's path), ``seeds``, ``kind``
 (``"table"`` or ``"figure"``), ``notes``, ``metric`` (every cell's default: ``test_acc``, ``test_top5``,
 ``test_mse`` or ``train_mse``), ``imports``, ``[run]``, ``[[columns]]`` (keys ``name`` and ``run``) and
-``[[cells]]``. Cell keys: ``row`` (required),
+``[[cells]]``, ``[[reports]]``. Cell keys: ``row`` (required),
 ``column`` (default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
 ``paper`` (a published ``[mean, std]`` to print beside yours) and ``run`` (RunConfig fields over the
 file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` but no ``lambda`` runs the
-grid's middle value (the upper one of an even grid) under ``--lambdas paper``. Unknown keys, values of
+grid's middle value (the upper one of an even grid) under ``--lambdas paper``. ``[[reports]]`` list the
+tables ``gradreg reproduce`` writes from the file's runs (keys: :mod:`gradreg.reports`). Unknown keys, values of
 the wrong type and names the paper's experiments use fail, naming the key and what is valid.
 
 Runs are keyed by their settings, not by the data file's contents; a sweep over an ``npz`` file
@@ -87,6 +88,7 @@ from typing import Any
 from .experiments import EXPERIMENTS, Cell, Experiment
 from .models import MODELS
 from .plugins import import_plugins, resolve_imports
+from .reports import REPORT_KEYS, report_from_dict
 from .train import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -96,7 +98,8 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["load_experiment", "experiment_from_dict", "is_spec_path"]
 
-_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "columns", "cells")
+_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "columns", "cells",
+             "reports")
 _COLUMN_KEYS = ("name", "run")
 _CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "baseline", "metric", "paper", "run")
 # RunConfig's fields as TOML spells them; seed is set per run and terms by each cell's term and λ.
@@ -169,8 +172,11 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
                     raise ValueError(f"column {placed['column']!r}: {e}" if columns else str(e)) from None
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
+    reports = data.get("reports", [])
+    if not isinstance(reports, list):
+        raise ValueError(f"reports must be one or more [[reports]] entries (keys: {', '.join(REPORT_KEYS)})")
     top = "top level"
-    return Experiment(name=name, title=_get(data, "title", str, top, name),
+    return Experiment(reports=tuple(report_from_dict(r, f"reports[{i}]") for i, r in enumerate(reports)), name=name, title=_get(data, "title", str, top, name),
                       source=_get(data, "source", str, top, source), cells=tuple(cells),
                       seeds=_get(data, "seeds", int, top, 10), kind=_get(data, "kind", str, top, "table"),
                       notes=_get(data, "notes", str, top, ""), db_name=name, imports=imports)
