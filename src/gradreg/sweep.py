@@ -181,7 +181,7 @@ def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) ->
                              f"tell data apart. Sweep into another database (--db; db_path in Python) to keep both.")
 
 
-def _preflight(configs: list[RunConfig], data_dir: Any) -> None:
+def _preflight(configs: list[RunConfig], data_dir: Any, keep_data: bool = True) -> None:
     """Refuse, before any run trains, settings that would fail every run of their kind
     (:func:`gradreg.validate.check_runs`). A dataset that does not load is left to the runs: they fail
     with its error, and :func:`_stop_on_data_error` stops the sweep where that is every run."""
@@ -194,7 +194,13 @@ def _preflight(configs: list[RunConfig], data_dir: Any) -> None:
         except DataError:
             return None
 
-    check_runs(configs, dataset_of)
+    loaded_before = set(_DATASETS)
+    try:
+        check_runs(configs, dataset_of)
+    finally:
+        if not keep_data:  # the workers load their own copy: do not hold a second one here all sweep
+            for key in set(_DATASETS) - loaded_before:
+                del _DATASETS[key]
 
 
 def _stop_on_data_error(store: ResultStore, key: str, dataset: str, datasets: set[str], trained_ok: set[str]) -> None:
@@ -635,7 +641,7 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
         summary.other_status = sum(c.key() in known and known[c.key()] not in STATUSES for c in todo)
         todo = [c for c in todo if known.get(c.key()) not in finished and known.get(c.key(), "running") in STATUSES]
         summary.skipped = summary.total - len(todo)
-        _preflight(todo, data_dir)
+        _preflight(todo, data_dir, keep_data=workers == 1 and backend == "local")
         tasks = plan_tasks(todo, group_size=group_size, workers=workers, device=device) if todo else []
         dataset_of = {c.key(): c.dataset for c in todo}
         trained_ok: set[str] = set()  # datasets with a run done or diverged in this call
