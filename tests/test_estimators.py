@@ -2,8 +2,10 @@
 per sample), under torch.compile, and on a transformer block with fused scaled-dot-product attention."""
 from __future__ import annotations
 
+import functools
 import math
 import time
+import warnings
 
 import pytest
 import torch
@@ -13,8 +15,9 @@ from torch.func import jacrev, jvp
 
 import gradreg
 from gradreg import FDDataGrad, FDSpectReg, JVPSpectReg, get_regularizer
-from gradreg.estimators import _draw_directions
+from gradreg.perturb import _draw_directions
 from gradreg.train import RunConfig, term_weights
+from gradreg.wrt import _WARNED
 
 M, B = 4, 6
 
@@ -326,8 +329,8 @@ def test_registered_options_and_harness():
         FDDataGrad()(smooth_mlp(), torch.randn(B, 7))
     config = RunConfig(dataset="digits", terms=(("fd_spectreg", 0.03), ("fd_datagrad", 2.0)))
     weights = term_weights(config, batch=50)
-    assert [(w, t.name, t.batch_mode) for w, t in weights] == [(0.03, "fd_spectreg", "batch"),
-                                                              (2.0, "fd_datagrad", "batch")]
+    assert [(w, t.name, t.batch_mode) for w, t in weights] == [
+        (0.03, "fd_spectreg", "batch"), (gradreg.paper_weight("fd_datagrad", 2.0, 50), "fd_datagrad", "batch")]
 
 
 def test_generator_chunks_draw_as_solo_runs():
@@ -363,3 +366,205 @@ def test_works_under_no_grad_and_inference_mode(name):
     assert not a.requires_grad and not b.requires_grad
     torch.testing.assert_close(a, ref)
     torch.testing.assert_close(b, ref)
+
+
+# --- wrt (hidden tensors, feature subsets), several inputs, structured outputs, couples_batch ---------
+
+class TwoInputs(nn.Module):
+    """model(a, b) -> a dict: the logits under "scores" (output= picks them) and an auxiliary entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.la, self.lb, self.head = nn.Linear(4, 8), nn.Linear(3, 8), nn.Linear(8, M)
+
+    def forward(self, a, b):
+        return {"aux": a.sum(1), "scores": self.head(torch.tanh(self.la(a) + self.lb(b)))}
+
+
+def wrt_case(name):
+    """(model, x, y, term options, f, t0, feature indices or None): the term penalizes the Jacobian of
+    f (outputs as a function of the differentiated tensor t, every other row and input held) at t0."""
+    torch.manual_seed(20)
+    y = torch.randint(0, M, (B,))
+    mlp = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, M)).double()
+    x6 = torch.randn(B, 6, dtype=torch.float64)
+    if name == "mlp_hidden":
+        return mlp, x6, y, {"wrt": "2"}, mlp[3:], mlp[:3](x6), None
+    if name == "cnn_hidden":
+        net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 2, 3, padding=1), nn.Tanh(),
+                            nn.Flatten(), nn.Linear(32, M)).double()
+        x = torch.randn(B, 2, 4, 4, dtype=torch.float64)
+        return net, x, y, {"wrt": "2"}, net[3:], net[:3](x), None
+    emb = nn.Sequential(nn.Embedding(20, 5), nn.Flatten(), nn.Linear(15, 9), nn.Tanh(), nn.Linear(9, M)).double()
+    tokens = torch.randint(0, 20, (B, 3))
+    if name == "embedding":
+        return emb, tokens, y, {"wrt": "0"}, emb[1:], emb[0](tokens), None
+    if name == "embedding_features":  # embedding dimensions 1 and 3 of every token
+        mask = torch.zeros(3, 5, dtype=torch.bool)
+        mask[:, [1, 3]] = True
+        return (emb, tokens, y, {"wrt": gradreg.Wrt(module="0", features=mask)}, emb[1:], emb[0](tokens),
+                mask.flatten().nonzero().flatten())
+    if name == "input_features":
+        return mlp, x6, y, {"wrt": [0, 3]}, mlp, x6, torch.tensor([0, 3])
+    two = TwoInputs().double()
+    a, b = torch.randn(B, 4, dtype=torch.float64), torch.randn(B, 3, dtype=torch.float64)
+    if name == "dict_input":
+        return (two, {"a": a, "b": b}, y, {"wrt": gradreg.Wrt(input="b"), "output": "scores"},
+                lambda t: two(a, t)["scores"], b, None)
+    assert name == "tuple_input"
+    return (two, (a, b), y, {"wrt": gradreg.Wrt(input=0, features=[1, 2]), "output": lambda out: out["scores"]},
+            lambda t: two(t, b)["scores"], a, torch.tensor([1, 2]))
+
+
+WRT_CASES = ["mlp_hidden", "cnn_hidden", "embedding", "embedding_features", "input_features", "dict_input",
+             "tuple_input"]
+
+
+def per_sample_jacobian(f, t0, features):
+    """(B, M, |S|): dz_i/dt_i, the selected columns; differentiable w.r.t. what f and t0 depend on."""
+    i = torch.arange(B)
+    J = jacrev(f)(t0).reshape(B, M, B, -1)[i, :, i]
+    return J if features is None else J[:, :, features]
+
+
+def oracle_jv(f, t0, features, seed, k):
+    """(B,) mean over the term's k directions of ||J_S v_S||^2, v drawn as the term draws it."""
+    J = per_sample_jacobian(f, t0, features)
+    sel = t0.detach().flatten(1) if features is None else t0.detach().flatten(1)[:, features]
+    v = _draw_directions(gen(seed), k, sel, "spherical")
+    return torch.einsum("imd,kid->kim", J, v).pow(2).sum(2).mean(0)
+
+
+def oracle_datagrad(f, t0, features, y):
+    i = torch.arange(B)
+    JL = jacrev(lambda t: F.cross_entropy(f(t), y, reduction="none"))(t0).reshape(B, B, -1)[i, i]
+    return (JL if features is None else JL[:, features]).pow(2).sum(1)
+
+
+ESTIMATES = {  # name -> (term at a small step, tolerance)
+    "fd_spectreg": (lambda **o: FDSpectReg(eps=1e-5, scheme="central", n_directions=2, **o), 1e-6),
+    "fd_datagrad": (lambda **o: FDDataGrad(eps=1e-5, scheme="central", **o), 1e-6),
+    "jvp_spectreg": (lambda **o: JVPSpectReg(n_directions=2, **o), 1e-10),
+}
+
+
+@pytest.mark.parametrize("case", WRT_CASES)
+@pytest.mark.parametrize("name", sorted(ESTIMATES))
+def test_wrt_estimate_matches_exact_jacobian(name, case):
+    """Per sample, float64: the estimate at the same wrt is the exact ||J_S v||^2 (the Hutchinson
+    estimate of the exact frobreg with that wrt) or the exact datagrad with that wrt, alone and inside
+    an Objective given wrt/output at the objective level."""
+    model, x, y, options, f, t0, features = wrt_case(name=case)
+    make, tol = ESTIMATES[name]
+    term = make(**options)
+    labels = y if term.needs_labels else None
+    got = term(model, x, labels, generator=gen(3))
+    if name == "fd_datagrad":
+        want = oracle_datagrad(f, t0, features, y)
+        torch.testing.assert_close(gradreg.DataGrad(**options)(model, x, y), want, rtol=1e-9, atol=1e-12)
+    else:
+        want = oracle_jv(f, t0, features, seed=3, k=2)
+        frob = per_sample_jacobian(f, t0, features).pow(2).sum((1, 2))
+        torch.testing.assert_close(gradreg.FrobReg(**options)(model, x), frob, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=tol, atol=1e-12)
+    objective = gradreg.Objective("cross_entropy", [(1.0, make())], **options)
+    out = objective(model, x, y, generator=gen(3))
+    torch.testing.assert_close(out.terms[name], got.mean(), rtol=1e-12, atol=0)
+
+
+def test_wrt_estimate_is_unbiased_for_the_exact_frobenius_term():
+    """Averaged over many directions, fd_spectreg at a hidden tensor approaches frobreg at it."""
+    model, x, _, options, f, t0, _ = wrt_case("mlp_hidden")
+    frob = gradreg.FrobReg(**options)(model, x).detach()
+    k = 400
+    got = FDSpectReg(eps=1e-5, n_directions=k, **options)(model, x, generator=gen(1)).detach()
+    torch.testing.assert_close(got, oracle_jv(f, t0, None, seed=1, k=k), rtol=1e-4, atol=0)  # same draws
+    J = per_sample_jacobian(f, t0, None).detach()
+    v = _draw_directions(gen(1), k, t0.detach(), "spherical")
+    spread = torch.einsum("imd,kid->kim", J, v).pow(2).sum(2).std(0) / math.sqrt(k)
+    assert ((got - frob).abs() < 4 * spread).all()
+
+
+@pytest.mark.parametrize("case", ["mlp_hidden", "cnn_hidden", "embedding"])
+@pytest.mark.parametrize("name", sorted(ESTIMATES))
+def test_wrt_parameter_gradients_reach_upstream_modules(name, case):
+    """The penalty's weight gradient, upstream of the hidden tensor included, equals the gradient of the
+    exact ||J v||^2 (jacrev at t0 = head(x), differentiable), or of the exact datagrad at that wrt."""
+    model, x, y, options, f, t0, features = wrt_case(case)
+    make, _ = ESTIMATES[name]
+    params = list(model.parameters())
+    got = flat_grad(make(**options)(model, x, y if name == "fd_datagrad" else None, generator=gen(3)).mean(),
+                    params)
+    if name == "fd_datagrad":
+        want = flat_grad(gradreg.DataGrad(**options)(model, x, y).mean(), params)
+    else:
+        want = flat_grad(oracle_jv(f, t0, features, seed=3, k=2).mean(), params)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+    upstream = flat_grad(make(**options)(model, x, y if name == "fd_datagrad" else None, generator=gen(3)).mean(),
+                         list(model[0].parameters()))
+    assert upstream.abs().max() > 1e-3  # the first module, before the hidden tensor, gets a gradient
+
+
+def test_fd_datagrad_differentiates_the_objectives_task_loss():
+    model, x, y, *_ = wrt_case("input_features")
+    targets = torch.randn(B, M, dtype=torch.float64)
+    for loss in ("mse", functools.partial(F.cross_entropy, label_smoothing=0.2)):
+        yy = targets if loss == "mse" else y
+        exact = gradreg.Objective(loss, [(1.0, gradreg.DataGrad())])(model, x, yy).terms["datagrad"]
+        fd = gradreg.Objective(loss, [(1.0, FDDataGrad(eps=1e-5, scheme="central"))])(model, x, yy)
+        torch.testing.assert_close(fd.terms["fd_datagrad"], exact, rtol=1e-6, atol=0)
+
+
+def bn_net():
+    torch.manual_seed(21)
+    return nn.Sequential(nn.Linear(6, 9), nn.BatchNorm1d(9, track_running_stats=False), nn.Tanh(),
+                         nn.Linear(9, M)).double()
+
+
+@pytest.mark.parametrize("name", ["fd_spectreg", "jvp_spectreg"])
+def test_couples_batch_on_a_callable_and_hidden_wrt_before_batchnorm(name):
+    """couples_batch=True on a callable (coupling undetectable): "sample" is J_ii v_i, "batch" is
+    sum_j J_ij v_j; a hidden wrt before the BatchNorm is detected as coupled downstream."""
+    net = bn_net()
+    x = torch.randn(B, 6, dtype=torch.float64)
+    fn = lambda u: net(u)  # noqa: E731
+    J = jacrev(net)(x).reshape(B, M, B, -1)
+    i = torch.arange(B)
+    v = directions(x, 2)[0]
+    want = {"sample": torch.einsum("imd,id->im", J[i, :, i], v).pow(2).sum(1),
+            "batch": torch.einsum("imjd,jd->im", J, v).pow(2).sum(1)}
+    make = ESTIMATES[name][0]
+    with torch.no_grad():  # jvp_spectreg refuses the weight gradient through train-mode BatchNorm
+        for mode in ("sample", "batch"):
+            got = (FDSpectReg(eps=1e-6, scheme="central", couples_batch=True, batch_mode=mode) if name == "fd_spectreg"
+                   else JVPSpectReg(couples_batch=True, batch_mode=mode))(fn, x, generator=gen(2))
+            torch.testing.assert_close(got, want[mode], rtol=1e-6, atol=1e-12)
+        h = net[0](x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = make(wrt="0")(net, x, generator=gen(2))
+        torch.testing.assert_close(got, oracle_jv(net[1:], h, None, seed=2, k=2), rtol=1e-6, atol=1e-12)
+
+
+def test_costly_path_warning_names_forward_passes_for_estimators():
+    _WARNED.clear()
+    with pytest.warns(UserWarning, match="one forward pass per sample and direction.*about B times") as record:
+        FDSpectReg()(bn_net(), torch.randn(B, 6, dtype=torch.float64))
+    assert not any("backward pass" in str(w.message) for w in record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said explicitly: no warning
+        FDDataGrad(couples_batch=True)(bn_net(), torch.randn(B, 6, dtype=torch.float64), torch.zeros(B, dtype=torch.long))
+
+
+def test_wrt_errors_are_clear():
+    model, x, y, *_ = wrt_case("mlp_hidden")
+    with pytest.raises(ValueError, match="pass logits=None"):
+        FDSpectReg(wrt="2")(model, x, logits=model(x))
+    with pytest.raises(ValueError, match="no module named 'nope'"):
+        JVPSpectReg(wrt="nope")(model, x)
+    two, xs, *_ = wrt_case("dict_input")
+    with pytest.raises(ValueError, match="say which one is differentiated"):
+        FDSpectReg(output="scores")(two, xs)
+    emb, tokens, *_ = wrt_case("embedding")
+    with pytest.raises(ValueError, match="token ids"):
+        FDDataGrad()(emb, tokens, y)

@@ -154,6 +154,10 @@ class Regularizer(abc.ABC):
     needs_labels: ClassVar[bool] = False
     uses_jacobian: ClassVar[bool] = True   # differentiates the wrt tensor (it is made to require grad)
     uses_input: ClassVar[bool] = True      # reads the wrt tensor (estimators perturb it)
+    # What the costly-path warning says the exact per-sample path does, and the batch form instead.
+    coupled_cost: ClassVar[tuple[str, str]] = (
+        "computes each sample's own Jacobian exactly, with one backward pass per sample and projection",
+        "takes one backward pass")
 
     def __post_init__(self) -> None:
         _check_choice("norm", self.norm, _NORMS)
@@ -252,11 +256,10 @@ class Regularizer(abc.ABC):
             warn_once(f"coupled:{self.name}", (
                 f"{self.name}: the model couples the samples of the batch (BatchNorm with batch statistics: "
                 "train mode, or track_running_stats=False), so "
-                "batch_mode='sample' computes each sample's own Jacobian exactly, with one backward pass per "
-                "sample and projection: about B times the cost of the term on an uncoupled model. "
-                "batch_mode='batch' takes one backward pass (the paper's batch-summed form, with cross-sample "
-                "terms); eval mode, LayerNorm or GroupNorm do not couple. couples_batch=True keeps this exact "
-                "path without this warning."))
+                f"batch_mode='sample' {self.coupled_cost[0]}: about B times the cost of the term on an "
+                f"uncoupled model. batch_mode='batch' {self.coupled_cost[1]} (the paper's batch-summed form, "
+                "with cross-sample terms); eval mode, LayerNorm or GroupNorm do not couple. couples_batch=True "
+                "keeps this per-sample path without this warning."))
         return bool(detected)
 
     @abc.abstractmethod

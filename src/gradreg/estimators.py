@@ -26,8 +26,18 @@ first-order autograd only, so ``loss.backward()`` is an ordinary backward pass.
     ``F.scaled_dot_product_attention``'s fused CPU kernel (no forward-AD formula) and inside
     ``torch.compile`` (checked in ``tests/test_estimators.py``).
 
+**Which tensor.** ``wrt``, several inputs, ``output=`` and ``couples_batch`` mean what they mean for
+the exact terms (:mod:`gradreg.wrt`): the estimate perturbs the differentiated tensor t (the input, one
+of several inputs, or a submodule's output, which the model is re-run with in place of the module's
+own) and reads the outputs ``output=`` picks. With ``features=`` only the selected features move (v and
+d are zero elsewhere), which estimates the selected columns' :math:`\|J_{:,S}\|_F^2`, or
+:math:`\|(\nabla_t L)_S\|^2`. t is not detached, so the penalty reaches the parameters upstream of a
+hidden t (and a user input's own graph). Inside an ``Objective``, ``fd_datagrad`` without its own
+``loss`` differentiates the objective's per-sample task loss, as :class:`~gradreg.DataGrad` does.
+
 **The step size.** ``eps`` is the length of the perturbation relative to the sample's own norm:
-:math:`\|x' - x\| = \varepsilon \|x_i\|`. So ``fd_datagrad`` steps :math:`h_i = \varepsilon \|x_i\|`
+:math:`\|x' - x\| = \varepsilon \|x_i\|` (with ``features=``: of the selected
+features, :math:`\|x'_S - x_S\| = \varepsilon \|x_{i,S}\|`, d = |S|). So ``fd_datagrad`` steps :math:`h_i = \varepsilon \|x_i\|`
 along a unit direction, and ``fd_spectreg`` steps :math:`h_i = \varepsilon \|x_i\| / \sqrt d` along a
 v of norm :math:`\sqrt d` (exactly, for ``distribution="spherical"``). An all-zero sample takes
 :math:`\|x_i\| = \sqrt d` (unit RMS). The step is detached: it scales the estimate, nothing flows
@@ -57,128 +67,23 @@ variance; ``"gaussian"``: v ~ N(0, I_d)). All three are squared-norm estimators:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import Callable, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .models import StreamDropout
+from .perturb import Generators, _is_stochastic, _only_row, _per_sample, _Probe, _Replay, _running_stats_kept
 from .regularizers import (
-    _SAMPLE_LOSSES, Regularizer, _as_outputs, _check_choice, couples_batch, register_regularizer,
+    _SAMPLE_LOSSES, Regularizer, _as_outputs, _check_choice, _cross_entropy, couples_batch, register_regularizer,
 )
+from .wrt import pick_output
 
 __all__ = ["FDSpectReg", "FDDataGrad", "JVPSpectReg"]
 
 _SCHEMES = ("forward", "central")
 _DISTRIBUTIONS = ("spherical", "gaussian")
-
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def _draw_directions(generator: Generators, k: int, x: Tensor, distribution: str) -> Tensor:
-    """``(k, N, *x.shape[1:])`` input-side directions with identity covariance.
-
-    A sequence of G generators splits the batch into G equal chunks, each drawing what it would draw
-    alone (as :class:`gradreg.regularizers._Context` does for output-side projections).
-    """
-    n, shape = x.shape[0], tuple(x.shape[1:])
-
-    def draw(g: torch.Generator | None, rows: int) -> Tensor:
-        dev = g.device if g is not None else x.device
-        v = torch.randn((k, rows, math.prod(shape)), generator=g, device=dev, dtype=x.dtype).to(x.device)
-        if distribution == "spherical":
-            v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-30) * math.sqrt(v.shape[-1])
-        return v.view(k, rows, *shape)
-
-    if generator is None or isinstance(generator, torch.Generator):
-        return draw(generator, n)
-    if n % len(generator):
-        raise ValueError(f"{len(generator)} generators for a batch of {n}: one per equal chunk expected")
-    return torch.cat([draw(g, n // len(generator)) for g in generator], dim=1)
-
-
-def _sample_norms(x: Tensor, common: bool = False) -> Tensor:
-    """``(N,)`` detached per-sample norms; an all-zero sample counts as unit RMS (norm √d); ``common``:
-    their batch mean for every sample."""
-    flat = x.detach().flatten(1)
-    norms = flat.norm(dim=1)
-    norms = torch.where(norms > 0, norms, torch.full_like(norms, math.sqrt(flat.shape[1])))
-    return norms.mean().expand_as(norms) if common else norms
-
-
-def _per_sample(h: Tensor, like: Tensor) -> Tensor:
-    """Broadcast a ``(N,)`` step against a ``(N, ...)`` tensor."""
-    return h.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _only_row(t: Tensor, i: int) -> Tensor:
-    """``t`` with every row but row i zeroed."""
-    mask = torch.zeros(t.shape[0], dtype=t.dtype, device=t.device)
-    mask[i] = 1
-    return t * _per_sample(mask, t)
-
-
-def _batch_statistics(model) -> bool:
-    """Whether a BatchNorm layer of ``model`` normalizes with the batch's own statistics."""
-    return isinstance(model, nn.Module) and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
-        for m in model.modules())
-
-
-def _is_stochastic(model) -> bool:
-    """Whether two forward passes of ``model`` on the same input can differ (dropout in training)."""
-    if not isinstance(model, nn.Module):
-        return False
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-               and not (isinstance(m, StreamDropout) and m.noise is not None)
-               for m in model.modules())
-
-
-class _Replay:
-    """Snapshot of every random state a forward pass may draw from; ``restore()`` rewinds to it."""
-
-    def __init__(self, model, device: torch.device):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        self.device = device
-        self.streams = []
-        if isinstance(model, nn.Module):
-            gens = {id(m.generator): m.generator for m in model.modules()
-                    if isinstance(m, StreamDropout) and m.generator is not None}
-            self.streams = [(g, g.get_state()) for g in gens.values()]
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-        for g, state in self.streams:
-            g.set_state(state)
-
-
-@contextlib.contextmanager
-def _running_stats_kept(model) -> Iterator[None]:
-    """Extra forward passes must not move BatchNorm's running statistics.
-
-    A training-mode BatchNorm with ``track_running_stats=False`` normalizes with the batch's statistics,
-    as it does anyway in training, and updates nothing: no in-place update either, which
-    ``torch.func.jvp`` refuses on a captured buffer. (Under ``torch.compile`` the switch is one more
-    guard: the module gets a second graph.)
-    """
-    switched = []
-    if isinstance(model, nn.Module):
-        switched = [m for m in model.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    for m in switched:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in switched:
-            m.track_running_stats = True
-
 
 @dataclass(frozen=True)
 class _Estimator(Regularizer):
@@ -186,6 +91,9 @@ class _Estimator(Regularizer):
 
     n_directions: int = 1
     approximate: ClassVar[bool] = True  # an estimate with its own error, not an exact-oracle term
+    coupled_cost: ClassVar[tuple[str, str]] = (
+        "estimates each sample's own Jacobian with one forward pass per sample and direction (that sample "
+        "perturbed alone)", "perturbs the whole batch in one forward pass per direction")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,30 +103,46 @@ class _Estimator(Regularizer):
             raise ValueError(f"{self.name}: n_directions must be a positive integer, got {self.n_directions!r}")
 
     def evaluate(self, model, x: Tensor, logits: Tensor, y: Tensor | None = None, *,
-                 generator: Generators = None, differentiable: bool = True) -> Tensor:
-        """Penalties for the first ``len(logits)`` rows of ``x`` (see :meth:`Regularizer.evaluate`)."""
+                 generator: Generators = None, differentiable: bool = True, coupled: bool | None = None,
+                 forward: Callable[[Tensor], object] | None = None,
+                 sample_loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """Penalties for the first ``len(logits)`` rows of ``x`` (see :meth:`Regularizer.evaluate`):
+        ``forward`` re-evaluates the model's picked outputs with x replaced."""
         z = _as_outputs(logits, self.name)
+        if not isinstance(x, Tensor) or x.dim() < 2:
+            raise ValueError(f"{self.name}: x must be a batched tensor of shape (B, ...), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         if z.shape[0] > x.shape[0]:
             raise ValueError(f"{self.name}: {z.shape[0]} output rows for a batch of {x.shape[0]} inputs")
         y = self._check_labels(y, z)
-        couples = couples_batch(model)
-        coupled = self.batch_mode == "sample" and couples
+        self.check_model(model, differentiable)
+        if forward is None:
+            if self.wrt is not None and (self.wrt.module is not None or self.wrt.input is not None):
+                raise ValueError(f"{self.name}: wrt={self.wrt.describe()} needs the term to run the forward "
+                                 "pass itself; pass logits=None (gradreg.Objective shares it for you)")
+            forward = model if self.output is None else lambda t: pick_output(model(t), self.output, self.name)
+        if coupled is None:
+            coupled = self.coupling(model)
         # Batch form on a coupled model: output i moves with every sample's step, so all take one step
         # size (the batch mean of the per-sample ones) and dividing by it leaves sum_j J_ij v_j.
-        grad_ctx = torch.enable_grad() if differentiable else torch.no_grad()
+        common = self.batch_mode == "batch" and (
+            self.couples_batch if self.couples_batch is not None else couples_batch(model))
+        probe = _Probe(x=x, z=z, forward=lambda t: _as_outputs(forward(t), self.name), wrt=self.wrt,
+                       differentiable=differentiable, coupled=bool(coupled), common=bool(common),
+                       replay=_Replay(model, x.device) if _is_stochastic(model) else None)
         with _running_stats_kept(model):
-            out = self.estimate(model, x, z, y, generator, grad_ctx, coupled, couples and not coupled)
+            out = self.estimate(probe, y, generator, sample_loss)
         return out if differentiable else out.detach()
 
-    def penalty(self, ctx) -> Tensor:  # evaluate() above replaces the base class's context path
-        raise NotImplementedError(f"{self.name}: evaluated through estimate(), which needs the model")
+    def check_model(self, model, differentiable: bool) -> None:
+        """Refuse a model the estimate cannot handle (before any pass runs)."""
 
-    def estimate(self, model, x: Tensor, z: Tensor, y: Tensor | None, generator: Generators,
-                 grad_ctx, coupled: bool, common_step: bool) -> Tensor:
-        """The per-sample penalty ``(n,)``; ``grad_ctx`` wraps the forward passes whose graph is kept;
-        ``coupled``: perturb one sample per pass (sample mode on a batch-coupled model); ``common_step``:
-        one step size for the whole batch (batch mode on a coupled model: output i moves with every
-        sample's step, and dividing by a common h leaves sum_j J_ij v_j)."""
+    def penalty(self, ctx) -> Tensor:  # evaluate() above replaces the base class's context path
+        raise NotImplementedError(f"{self.name}: evaluated through estimate(), which perturbs the model's input")
+
+    def estimate(self, probe: _Probe, y: Tensor | None, generator: Generators,
+                 sample_loss: Callable[[Tensor, Tensor], Tensor] | None) -> Tensor:
+        """The per-sample penalty ``(n,)``; ``sample_loss``: the objective's per-sample task loss."""
         raise NotImplementedError
 
 
@@ -232,34 +156,6 @@ class _FiniteDifference(_Estimator):
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"{self.name}: eps must be a finite number > 0, got {self.eps!r}")
         _check_choice("scheme", self.scheme, _SCHEMES)
-
-    def _differences(self, fn: Callable[[Tensor], Tensor], model, x: Tensor, base: Tensor,
-                     deltas: Sequence[Tensor], grad_ctx, coupled: bool, n: int) -> list[Tensor]:
-        """``fn(x + δ) - fn(x)`` (forward) or ``(fn(x + δ) - fn(x - δ)) / 2`` (central) for each δ,
-        first ``n`` rows.
-
-        ``base`` is fn(x) from the shared forward pass, used when the model is deterministic; a
-        stochastic model gets every pass under one replayed random state, g(x) included. ``coupled``:
-        row i comes from a pass that perturbs row i alone.
-        """
-        replay = _Replay(model, x.device) if _is_stochastic(model) else None
-        x = x.detach()
-
-        def run(inp: Tensor) -> Tensor:
-            if replay is not None:
-                replay.restore()
-            with grad_ctx:
-                return fn(inp)
-
-        if self.scheme == "forward" and replay is not None:
-            base = run(x)
-        def difference(delta: Tensor) -> Tensor:
-            plus = run(x + delta)
-            return (plus - base if self.scheme == "forward" else (plus - run(x - delta)) / 2)[:n]
-
-        if not coupled:
-            return [difference(delta) for delta in deltas]
-        return [torch.stack([difference(_only_row(delta, i))[i] for i in range(n)]) for delta in deltas]
 
 
 @dataclass(frozen=True)
@@ -279,15 +175,14 @@ class FDSpectReg(_FiniteDifference):
         super().__post_init__()
         _check_choice("distribution", self.distribution, _DISTRIBUTIONS)
 
-    def estimate(self, model, x, z, y, generator, grad_ctx, coupled, common_step):
-        n = z.shape[0]
-        v = _draw_directions(generator, self.n_directions, x.detach(), self.distribution)
-        d = v[0, 0].numel()
-        h = _per_sample(_sample_norms(x, common_step) * (self.eps / math.sqrt(d)), x)
-        flat = lambda inp: _as_outputs(model(inp), self.name)  # noqa: E731
-        diffs = self._differences(flat, model, x, z, [h * v[j] for j in range(self.n_directions)], grad_ctx,
-                                  coupled, n)
-        hz = h.view(-1, 1)[:n]
+    def estimate(self, probe, y, generator, sample_loss):
+        v = probe.directions(generator, self.n_directions, self.distribution)
+        d = probe.selected(v[0]).shape[1]
+        h = probe.norms() * (self.eps / math.sqrt(d))
+        step = _per_sample(h, probe.x)
+        diffs = probe.differences(probe.forward, probe.z, [step * v[j] for j in range(self.n_directions)],
+                                  self.scheme)
+        hz = h.view(-1, 1)[: probe.n]
         return torch.stack([(dz / hz).pow(2).sum(1) for dz in diffs]).mean(0)
 
 
@@ -299,10 +194,11 @@ class FDDataGrad(_FiniteDifference):
     kept), :math:`h = \varepsilon \|x\|`. The directional derivative of L along its own gradient is
     :math:`\|\nabla_x L\|`, so this estimates DataGrad's per-sample :math:`\|\nabla_x L\|^2`, with an
     O(h) error (the curvature of L along d); deterministic, so ``n_directions`` has no effect. A sample
-    whose gradient is exactly zero gets 0. ``loss`` as :class:`~gradreg.DataGrad`'s.
+    whose gradient is exactly zero gets 0. ``loss`` as :class:`~gradreg.DataGrad`'s: None takes the
+    objective's per-sample task loss inside an ``Objective``, cross-entropy alone.
     """
 
-    loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy"
+    loss: str | Callable[[Tensor, Tensor], Tensor] | None = None
     name: ClassVar[str] = "fd_datagrad"
     needs_labels: ClassVar[bool] = True
 
@@ -311,14 +207,17 @@ class FDDataGrad(_FiniteDifference):
         if isinstance(self.loss, str):
             _check_choice("loss", self.loss, tuple(_SAMPLE_LOSSES))
 
-    def estimate(self, model, x, z, y, generator, grad_ctx, coupled, common_step):
+    def estimate(self, probe, y, generator, sample_loss):
+        x, z, n = probe.x, probe.z, probe.n
         if not (x.requires_grad and z.requires_grad):
             raise ValueError(
                 f"{self.name}: the given logits are not connected to x (the step direction is the loss's "
                 "input gradient). Compute them as model(x) after x.requires_grad_(True), or pass "
                 "logits=None to let the regularizer run the forward pass")
-        fn = _SAMPLE_LOSSES[self.loss] if isinstance(self.loss, str) else self.loss
-        n = z.shape[0]
+        if self.loss is None:
+            fn = sample_loss or _cross_entropy
+        else:
+            fn = _SAMPLE_LOSSES[self.loss] if isinstance(self.loss, str) else self.loss
         with torch.enable_grad():
             losses = fn(z, y)
             if losses.shape != (n,):
@@ -326,13 +225,13 @@ class FDDataGrad(_FiniteDifference):
                                  f"got {tuple(losses.shape)}")
             # First order, no graph kept: the direction is a constant of the penalty, as in Finlay & Oberman.
             (g,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
-        g = g.detach()
+        g = probe.selected(g.detach()).clone()  # only the selected features move
         g[n:] = 0  # unlabeled extra rows (no loss) stay where they are
-        gnorm = g.flatten(1).norm(dim=1)
-        h = _sample_norms(x, common_step) * self.eps
-        step = _per_sample(torch.where(gnorm > 0, h / gnorm.clamp_min(1e-30), torch.zeros_like(h)), g) * g
-        per_sample = lambda inp: fn(_as_outputs(model(inp), self.name)[:n], y)  # noqa: E731
-        (dl,) = self._differences(per_sample, model, x, losses, [step], grad_ctx, coupled, n)
+        gnorm = g.norm(dim=1)
+        h = probe.norms() * self.eps
+        step = probe.place(_per_sample(torch.where(gnorm > 0, h / gnorm.clamp_min(1e-30), torch.zeros_like(h)), g) * g)
+        per_sample = lambda t: fn(probe.forward(t)[:n], y)  # noqa: E731
+        (dl,) = probe.differences(per_sample, losses, [step], self.scheme)
         return (dl / h[:n]).pow(2)
 
 
@@ -354,26 +253,25 @@ class JVPSpectReg(_Estimator):
         super().__post_init__()
         _check_choice("distribution", self.distribution, _DISTRIBUTIONS)
 
-    def estimate(self, model, x, z, y, generator, grad_ctx, coupled, common_step):
-        if isinstance(grad_ctx, torch.enable_grad) and _batch_statistics(model):
+    def check_model(self, model, differentiable: bool) -> None:
+        if differentiable and couples_batch(model):  # a BatchNorm normalizing with batch statistics
             raise ValueError(
                 f"{self.name}: the model normalizes with batch statistics (train-mode BatchNorm), and "
                 "backpropagating a forward-mode JVP through F.batch_norm there gives wrong weight gradients "
                 "in torch 2.13 (tests/test_estimators.py measures it). Use fd_spectreg or spectreg, or "
                 "BatchNorm in eval mode; the value alone (under torch.no_grad()) is right")
-        n = z.shape[0]
-        x = x.detach()
-        v = _draw_directions(generator, self.n_directions, x, self.distribution)
-        flat = lambda inp: _as_outputs(model(inp), self.name)  # noqa: E731
+
+    def estimate(self, probe, y, generator, sample_loss):
+        v = probe.directions(generator, self.n_directions, self.distribution)
 
         def jvp(tangent: Tensor) -> Tensor:
-            with grad_ctx:
-                return torch.func.jvp(flat, (x,), (tangent,))[1]
+            with probe.grad_mode():
+                return torch.func.jvp(probe.forward, (probe.x,), (tangent,))[1]
 
         out = []
         for j in range(self.n_directions):
-            jv = (jvp(v[j])[:n] if not coupled
-                  else torch.stack([jvp(_only_row(v[j], i))[i] for i in range(n)]))
+            jv = (jvp(v[j])[: probe.n] if not probe.coupled
+                  else torch.stack([jvp(_only_row(v[j], i))[i] for i in range(probe.n)]))
             out.append(jv.pow(2).sum(1))
         return torch.stack(out).mean(0)
 

@@ -13,6 +13,7 @@ One forward pass is shared by the task loss and every term (the differentiated t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
 import numbers
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import is_plain
-from .regularizers import REGULARIZERS, DataGrad, Regularizer, evaluate_term, get_regularizer
+from .regularizers import REGULARIZERS, Regularizer, evaluate_term, get_regularizer
 from .wrt import INPUT, Wrt, batch_size, concat_inputs, run_forward
 
 __all__ = ["Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES"]
@@ -69,7 +70,7 @@ class Objective:
     ``wrt``: the tensor every term differentiates unless the term names its own (see
     :class:`gradreg.Wrt`); ``output``: picks the logits from a structured model return, for the task
     loss and every term; ``couples_batch``: says whether the model couples the samples (None: detect).
-    A :class:`~gradreg.DataGrad` without its own ``loss`` differentiates this objective's per-sample
+    A :class:`~gradreg.DataGrad` (or ``fd_datagrad``) without its own ``loss`` differentiates this objective's per-sample
     task loss: a named loss, an ``nn`` loss module, a callable taking ``reduction="none"`` or one
     returning per-sample values.
 
@@ -104,6 +105,8 @@ class Objective:
             if term.output is not None:
                 raise ValueError(f"{term.name}: inside an Objective, give output= to the Objective; it picks the "
                                  "logits for the task loss and every term")
+            if term.wrt is None and self.wrt is not None:  # the term reads its features= from its own wrt
+                term = dataclasses.replace(term, wrt=self.wrt)
             self.terms.append((_weight(weight, term.name), term))
         self.names = _unique_names([t.name for _, t in self.terms])
 
@@ -146,7 +149,7 @@ class Objective:
             if term.uses_input:
                 extras = {"coupled": term.coupling(model, fwd.coupled.get(key, "static"), self.couples_batch),
                           "forward": fwd.rerun(wrt)}
-            if isinstance(term, DataGrad) and term.loss is None:
+            if term.needs_labels:  # DataGrad, fd_datagrad: differentiated unless the term has its own loss=
                 extras["sample_loss"] = self._sample_loss
             # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole tensor.
             value = evaluate_term(term, model, fwd.tensors.get(key), labeled if term.needs_labels else logits,
