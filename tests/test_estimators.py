@@ -568,3 +568,15 @@ def test_wrt_errors_are_clear():
     emb, tokens, *_ = wrt_case("embedding")
     with pytest.raises(ValueError, match="token ids"):
         FDDataGrad()(emb, tokens, y)
+
+
+def test_dropout_replay_and_in_place_op_after_a_hidden_wrt():
+    """Dropout after the hidden tensor and ReLU(inplace=True) right after it: the forward difference
+    (its g(t) re-run under the replayed masks, on a copy of t) equals the exact J v under those masks."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 9), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(9, M)).double()
+    x = torch.randn(B, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    fd = FDSpectReg(wrt="0", eps=1e-7)(net, x, generator=gen(1))
+    torch.manual_seed(3)
+    torch.testing.assert_close(fd, JVPSpectReg(wrt="0")(net, x, generator=gen(1)), rtol=1e-5, atol=0)
