@@ -6,7 +6,7 @@ from torch import nn
 from gradreg.models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
 
 SHAPES = {"lenet5": [(1, 28, 28), (1, 8, 8), (3, 32, 32)], "cifar_resnet": [(3, 32, 32), (3, 64, 64)],
-          "mlp": [(1,), (1, 8, 8)]}
+          "cifar_resnet_s": [(3, 32, 32)], "cifar_resnet_xs": [(3, 32, 32)], "mlp": [(1,), (1, 8, 8)]}
 
 
 def test_every_model_has_shapes_under_test():
@@ -23,6 +23,12 @@ def test_forward_backward_shapes(name, shape, batchnorm):
     assert out.shape == (4, 7)
     (g,) = torch.autograd.grad(out.sum(), x)
     assert g.shape == x.shape and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_scaled_resnets_are_the_papers_block_at_fewer_filters():
+    sizes = {name: count_parameters(create_model(name, input_shape=(3, 32, 32), num_outputs=10))
+             for name in ("cifar_resnet", "cifar_resnet_s", "cifar_resnet_xs")}
+    assert sizes == {"cifar_resnet": 2_436_346, "cifar_resnet_s": 78_042, "cifar_resnet_xs": 19_954}
 
 
 def test_lenet5_has_exactly_the_papers_parameter_count():
@@ -60,7 +66,7 @@ def test_batchnorm_switch_adds_batchnorm():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="valid: cifar_resnet, lenet5, mlp"):
+    with pytest.raises(ValueError, match="valid: cifar_resnet, cifar_resnet_s, cifar_resnet_xs, lenet5, mlp"):
         create_model("resnet9000", input_shape=(1, 28, 28), num_outputs=10)
 
 

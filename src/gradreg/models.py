@@ -7,26 +7,55 @@ regularizers differentiate those logits.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "register_model", "create_model", "count_parameters", "LeNet5", "CifarResNet", "MLP",
-           "StreamDropout", "use_dropout_stream"]
+from .layers import BatchNorm2d, Conv2d, ReLU
+
+__all__ = ["MODELS", "MODEL_INFO", "ModelInfo", "model_info", "register_model", "create_model", "count_parameters",
+           "LeNet5", "CifarResNet", "MLP", "StreamDropout", "use_dropout_stream"]
 
 ModelBuilder = Callable[..., nn.Module]
 MODELS: dict[str, ModelBuilder] = {}
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder ``fn(*, input_shape, num_outputs, batchnorm, dropout)`` to MODELS."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the harness knows of a model besides its builder (:func:`register_model` records it)."""
+
+    groupable: bool = False          # G copies stack into one GroupedModel and each gives its solo result
+    group_on_cpu: bool = False       # stacking was measured faster than single runs on CPU too
+    step_seconds: float | None = None     # cost model: seconds per unregularized step (None: not measured)
+    gradient_factor: float | None = None  # cost model: a step with one double-backprop term / a plain one
+
+
+MODEL_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, groupable: bool = False, group_on_cpu: bool = False,
+                   step_seconds: float | None = None, gradient_factor: float | None = None
+                   ) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder ``fn(*, input_shape, num_outputs, batchnorm, dropout)`` to MODELS, with
+    its :class:`ModelInfo` (:func:`model_info`): whether it can train grouped and its step cost."""
+    info = ModelInfo(groupable, group_on_cpu, step_seconds, gradient_factor)
+
     def decorator(fn: ModelBuilder) -> ModelBuilder:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = fn
+        MODEL_INFO[name] = info
         return fn
     return decorator
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registered model ``name``'s :class:`ModelInfo`; unknown names list the valid ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return MODEL_INFO.get(name, ModelInfo())  # put into MODELS directly: the defaults
 
 
 def create_model(name: str, *, input_shape: tuple[int, ...], num_outputs: int, batchnorm: bool = False,
@@ -144,14 +173,14 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
+        self.conv1 = Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = BatchNorm2d(cout)
+        self.conv2 = Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = BatchNorm2d(cout)
+        self.relu = ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride=stride, bias=False), BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -163,7 +192,8 @@ class CifarResNet(nn.Module):
 
     The ResNet's BatchNorm is part of the architecture (the paper's CIFAR net has it), so the
     ``batchnorm`` switch does not remove it. A 64x64 input (TinyImageNet) gets a stride-2 stem so the
-    levels see the same 32x32 -> 8x8 resolutions as on CIFAR.
+    levels see the same 32x32 -> 8x8 resolutions as on CIFAR. Its convolutions and BatchNorms are
+    :mod:`gradreg.layers`' (nn's, with a cheaper double backward for the gradient regularizers).
     """
 
     def __init__(self, input_shape: tuple[int, int, int], num_outputs: int, widths=(48, 96, 192),
@@ -171,8 +201,8 @@ class CifarResNet(nn.Module):
         super().__init__()
         c, h, _ = input_shape
         stem_stride = max(1, h // 32)
-        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, stride=stem_stride, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(Conv2d(c, widths[0], 3, stride=stem_stride, padding=1, bias=False),
+                                  BatchNorm2d(widths[0]), ReLU())
         layers, cin = [], widths[0]
         for level, cout in enumerate(widths):
             for i in range(blocks):
@@ -189,16 +219,43 @@ class CifarResNet(nn.Module):
         return self.head(self.levels(self.stem(x)))
 
 
-@register_model("lenet5")
+# Step costs: seconds of one single-thread sweep run per step, evaluation and start-up included, on this
+# project's 2-core CPU with two runs at once (medians of results/mnist.db): LeNet-5 on MNIST 13 ms
+# unregularized (130 s per 10,000-step run), x2.3 with one double-backprop term (DataGrad 320 s,
+# SpectReg 283 s; OneHot etc. alike). The SIN MLP ~1.5 ms (x1.7 with a gradient term) and the CIFAR
+# ResNet ~0.6 s per step (x2.1 assumed) are step timings from benchmarks, not runs. Grouping on CPU:
+# SIN MLPs train 5.7x faster per run in groups of 50, stacked LeNet-5s were not faster
+# (benchmarks/bench_grouped.py); the ResNet has BatchNorm (per-run running statistics), so no group.
+@register_model("lenet5", groupable=True, step_seconds=0.013, gradient_factor=2.3)
 def _lenet5(*, input_shape, num_outputs, batchnorm=False, dropout=0.0):
     return LeNet5(_image_shape("lenet5", input_shape), num_outputs, batchnorm=batchnorm, dropout=dropout)
 
 
-@register_model("cifar_resnet")
+@register_model("cifar_resnet", step_seconds=0.6, gradient_factor=2.1)
 def _cifar_resnet(*, input_shape, num_outputs, batchnorm=True, dropout=0.0):
     return CifarResNet(_image_shape("cifar_resnet", input_shape), num_outputs, dropout=dropout)
 
 
-@register_model("mlp")
+# Scaled variants of the paper's ResNet (same block, stem and head; fewer filters and blocks), for
+# reproductions that must fit a CPU (results/cifar10_scaled.md): a third and a sixth of the paper's
+# 48/96/192 filters, one block per level instead of three.
+SCALED_RESNETS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "cifar_resnet_s": ((16, 32, 64), 1),     # 78k parameters
+    "cifar_resnet_xs": ((8, 16, 32), 1),     # 20k parameters
+}
+
+
+def _scaled_resnet(name: str, widths: tuple[int, int, int], blocks: int) -> ModelBuilder:
+    def build(*, input_shape, num_outputs, batchnorm=True, dropout=0.0):
+        return CifarResNet(_image_shape(name, input_shape), num_outputs, widths=widths, blocks=blocks,
+                           dropout=dropout)
+    return build
+
+
+for _name, (_widths, _blocks) in SCALED_RESNETS.items():
+    register_model(_name)(_scaled_resnet(_name, _widths, _blocks))
+
+
+@register_model("mlp", groupable=True, group_on_cpu=True, step_seconds=0.0015, gradient_factor=1.7)
 def _mlp(*, input_shape, num_outputs, batchnorm=False, dropout=0.0):
     return MLP(math.prod(input_shape), num_outputs, batchnorm=batchnorm, dropout=dropout)
