@@ -187,7 +187,7 @@ def test_non_finite_final_metrics_mark_members_diverged_as_alone():
 def test_group_errors_are_clear():
     with pytest.raises(ValueError, match="differ only in seed and λ"):
         train_group([sin_config(0), sin_config(1, lr=0.01)], progress=False)
-    with pytest.raises(ValueError, match="cannot train grouped; groupable: mlp, lenet5 without BatchNorm"):
+    with pytest.raises(ValueError, match="cannot train grouped; groupable: lenet5, mlp without BatchNorm"):
         train_group([RunConfig(dataset="digits", batchnorm=True)] * 2, progress=False)
     with pytest.raises(ValueError, match="one architecture"):
         GroupedModel([nn.Linear(2, 3), nn.Linear(3, 3)])

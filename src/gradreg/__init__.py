@@ -2,12 +2,13 @@
 from .objective import TASK_LOSSES, Objective, ObjectiveOutput, paper_weight
 from .regularizers import (
     REGULARIZERS, ConfidencePenalty, DataGrad, FrobReg, JacReg, OneHot, RandomOneHot, Regularizer,
-    SpectReg, couples_batch, get_regularizer, register_regularizer,
+    RegularizerInfo, SpectReg, couples_batch, get_regularizer, register_regularizer, regularizer_info,
 )
 from .wrt import Wrt
 from .estimators import FDDataGrad, FDSpectReg, JVPSpectReg
-from .data import DATASETS, DataError, Dataset, load_dataset, register_dataset
-from .models import MODELS, StreamDropout, count_parameters, create_model, register_model, use_dropout_stream
+from .data import DATASETS, DataError, Dataset, DatasetInfo, dataset_info, load_dataset, register_dataset
+from .models import (MODELS, ModelInfo, StreamDropout, count_parameters, create_model, model_info, register_model,
+                     use_dropout_stream)
 from .recipes import RECIPES, Recipe, get_recipe
 from .train import RunConfig, RunResult
 from .grouped import GroupedModel, train_group
@@ -23,9 +24,11 @@ __all__ = [
     "Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES",
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch", "Wrt",
+    "RegularizerInfo", "regularizer_info",
     "FDSpectReg", "FDDataGrad", "JVPSpectReg",
-    "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset",
+    "DATASETS", "DataError", "Dataset", "load_dataset", "register_dataset", "DatasetInfo", "dataset_info",
     "MODELS", "count_parameters", "create_model", "register_model", "StreamDropout", "use_dropout_stream",
+    "ModelInfo", "model_info",
     "RECIPES", "Recipe", "get_recipe", "RunConfig", "RunResult", "GroupedModel", "train_group",
     "EXPERIMENTS", "Experiment", "Cell", "get_experiment", "load_experiment", "import_plugins", "ResultStore",
     "run_sweep",

@@ -9,6 +9,7 @@ import abc
 import dataclasses
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -332,16 +333,46 @@ def _one_hot(y: Tensor, m: int, dtype: torch.dtype) -> Tensor:
     return F.one_hot(y.long(), m).to(dtype) if y.dim() == 1 and not y.is_floating_point() else y.to(dtype)
 
 
+LAMBDA_SCALES = ("sample", "batch_mean")
+
+
+@dataclass(frozen=True)
+class RegularizerInfo:
+    """What the registry knows of a term besides its factory.
+
+    ``grid``: the paper's λ candidates for dev-set selection (Section 6.1), increasing, in the paper's
+    convention; () where the paper tunes none. ``lambda_scale``: how a λ written as the paper writes it
+    maps to gradreg's (:func:`gradreg.paper_weight`): ``"sample"`` one to one (the paper's term is a batch
+    mean of per-sample values, as gradreg's); ``"batch_mean"`` for terms the paper's code takes as the
+    input gradient of the batch-*mean* loss summed over the batch, which is 1/B times gradreg's batch mean
+    of per-sample values, so gradreg's λ is the paper's divided by the batch size B.
+    """
+
+    grid: tuple[float, ...] = ()
+    lambda_scale: str = "sample"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
+        _check_choice("lambda_scale", self.lambda_scale, LAMBDA_SCALES)
+        if any(not (v > 0 and math.isfinite(v)) for v in self.grid) or list(self.grid) != sorted(set(self.grid)):
+            raise ValueError(f"a λ grid must be increasing finite values > 0, got {self.grid}")
+
+
 REGULARIZERS: dict[str, Callable[..., Regularizer]] = {}
+REGULARIZER_INFO: dict[str, RegularizerInfo] = {}
 
 
-def register_regularizer(name: str, factory: Callable[..., Regularizer] | None = None):
+def register_regularizer(name: str, factory: Callable[..., Regularizer] | None = None, *,
+                         grid: Sequence[float] = (), lambda_scale: str = "sample"):
     """Register ``factory`` under ``name``: a :class:`Regularizer` dataclass, or a ``functools.partial``
     of one fixing some options (as ``spectreg_spherical`` is). Usable as a class decorator.
+    ``grid`` and ``lambda_scale``: the term's :class:`RegularizerInfo` (:func:`regularizer_info`).
 
     Only these two forms are accepted because :func:`get_regularizer` checks options against the
     dataclass's fields and the objective asks the class whether the term needs labels.
     """
+    info = RegularizerInfo(tuple(grid), lambda_scale)
+
     def add(f):
         target = _target_class(f)
         if not (isinstance(target, type) and issubclass(target, Regularizer) and dataclasses.is_dataclass(target)):
@@ -350,8 +381,17 @@ def register_regularizer(name: str, factory: Callable[..., Regularizer] | None =
         if name in REGULARIZERS:
             raise ValueError(f"regularizer {name!r} is already registered")
         REGULARIZERS[name] = f
+        REGULARIZER_INFO[name] = info
         return f
     return add(factory) if factory is not None else add
+
+
+def regularizer_info(name: str) -> RegularizerInfo:
+    """The registered term ``name``'s λ grid and λ scale; unknown names list the valid ones."""
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; valid: {', '.join(sorted(REGULARIZERS))}")
+    # A term put into REGULARIZERS directly (not through register_regularizer) has the defaults.
+    return REGULARIZER_INFO.get(name, RegularizerInfo())
 
 
 def get_regularizer(name: str, **options) -> Regularizer:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataError", "Dataset", "data_fingerprint", "file_sha256", "load_dataset",
-           "register_dataset", "resolve_data_dir"]
+__all__ = ["DATASETS", "DATASET_INFO", "DataError", "Dataset", "DatasetInfo", "data_fingerprint", "dataset_info",
+           "file_sha256", "load_dataset", "register_dataset", "resolve_data_dir"]
 
 ENV_VAR = "GRADREG_DATA_DIR"
 
@@ -109,24 +109,66 @@ class Dataset:
         return torch.stack([2 * chosen, 2 * chosen + 1], dim=1).reshape(-1)
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run knows of a dataset before loading it (:func:`register_dataset` records it).
+
+    ``task``: "classification", "regression", or None where the files decide (``npz``); ``model`` and
+    ``recipe``: what a run uses unless it names its own; ``train_size``: points a run draws from the pool
+    unless it says (None: the whole pool); for the cost model of ``gradreg experiments``, ``num_outputs``
+    (None: unknown before loading) and ``cost_factor``, a step's cost relative to the inputs the models'
+    step costs were measured on.
+    """
+
+    task: str | None = None
+    model: str = "mlp"
+    recipe: str = "mnist"
+    train_size: int | None = None
+    num_outputs: int | None = None
+    cost_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.task not in (None, "classification", "regression"):
+            raise ValueError(f"task must be 'classification', 'regression' or None, got {self.task!r}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"train_size must be >= 1 or None, got {self.train_size}")
+        if self.num_outputs is not None and self.num_outputs < 1:
+            raise ValueError(f"num_outputs must be >= 1 or None, got {self.num_outputs}")
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {}
+DATASET_INFO: dict[str, DatasetInfo] = {}
 _FINGERPRINTS: dict[str, Callable[[Path], str]] = {}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered dataset ``name``'s :class:`DatasetInfo`; unknown names list the valid ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    return DATASET_INFO.get(name, DatasetInfo())  # put into DATASETS directly: the defaults
 _DOWNLOADABLE = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
 
-def register_dataset(name: str, *, fingerprint: Callable[[Path], str] | None = None
+def register_dataset(name: str, *, fingerprint: Callable[[Path], str] | None = None, task: str | None = None,
+                     model: str = "mlp", recipe: str = "mnist", train_size: int | None = None,
+                     num_outputs: int | None = None, cost_factor: float = 1.0,
                      ) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
-    """Register a loader ``fn(data_dir: Path, *, dev_size, download, verify_checksums) -> Dataset``.
+    """Register a loader ``fn(data_dir: Path, *, dev_size, download, verify_checksums) -> Dataset``
+    with what runs need to know of it: ``task``, default ``model``, ``recipe`` and ``train_size``, and
+    the cost model's ``num_outputs`` and ``cost_factor`` (:class:`DatasetInfo`, :func:`dataset_info`).
+    One call is all a new dataset needs; :func:`load_dataset` checks the loaded task against ``task``.
 
     ``fingerprint(data_dir) -> str``, for data whose contents may change under one name (the user's
     own files): a short hash of what the loader reads, which the loader should also set as the
     Dataset's ``fingerprint``; see :func:`data_fingerprint`. :func:`file_sha256` hashes one file.
     """
+    info = DatasetInfo(task, model, recipe, train_size, num_outputs, cost_factor)
 
     def decorator(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
         if name in DATASETS:  # as models and regularizers: a second loader must not replace the first
             raise ValueError(f"dataset {name!r} is already registered")
         DATASETS[name] = fn
+        DATASET_INFO[name] = info
         if fingerprint is not None:
             _FINGERPRINTS[name] = fingerprint
         return fn
@@ -157,6 +199,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dev_si
     ds = DATASETS[name](resolve_data_dir(data_dir), dev_size=dev_size, download=download,
                         verify_checksums=verify_checksums)
     check_dataset(ds)  # every loader's, the user's own included: no NaN, no empty split passes
+    registered = dataset_info(name).task
+    if registered is not None and ds.task != registered:  # runs chose their loss and metrics by it
+        raise DataError(f"dataset {name!r} is registered as {registered} but its loader gave a {ds.task} dataset")
     return ds
 
 
@@ -265,12 +310,13 @@ def _sin_data(dev_size: int | None, noise: float = SIN_NOISE):
     return x_pool, y_pool, x_dev, y_dev, x_test, torch.sin(5 * x_test)
 
 
-@register_dataset("sin")
+# The paper's SIN setup fixes the training set at 100 points (6.1.3).
+@register_dataset("sin", task="regression", model="mlp", recipe="sin", train_size=100, num_outputs=1)
 def _load_sin(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     return Dataset("sin", "regression", *_sin_data(dev_size), num_outputs=1, input_shape=(1,))
 
 
-@register_dataset("sin_lownoise")
+@register_dataset("sin_lownoise", task="regression", model="mlp", recipe="sin", train_size=100, num_outputs=1)
 def _load_sin_lownoise(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """SIN with noise σ = 0.01 instead of the paper's 0.1: the level at which Table 7's MSEs are attainable.
 
@@ -281,7 +327,7 @@ def _load_sin_lownoise(data_dir: Path, *, dev_size: int | None = None, **_) -> D
                    input_shape=(1,))
 
 
-@register_dataset("sin2")
+@register_dataset("sin2", task="regression", model="mlp", recipe="sin", train_size=100, num_outputs=1)
 def _load_sin2(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """SIN2 (section 6.2.8): each SIN training point (x, y) also appears as (x + 0.001, y)."""
     x_pool, y_pool, *rest = _sin_data(dev_size)
@@ -290,7 +336,7 @@ def _load_sin2(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
                    num_outputs=1, input_shape=(1,), pair_offset=SIN2_OFFSET)
 
 
-@register_dataset("digits")
+@register_dataset("digits", task="classification", model="lenet5", recipe="digits", num_outputs=10)
 def _load_digits(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """scikit-learn's bundled 8x8 digits scaled to [0, 1]; fixed split: 500 test, 300 dev, 997 pool."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 (slow import, only needed here)
@@ -333,7 +379,7 @@ def _read_mnist_split(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarra
     return x.reshape(-1, 1, 28, 28), y
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", task="classification", model="lenet5", recipe="mnist", num_outputs=10)
 def _load_mnist(data_dir: Path, *, dev_size: int | None = None, download: bool = False,
                 verify_checksums: bool = True) -> Dataset:
     """MNIST from the four official IDX files (gzipped or not); the last 10,000 training images are dev."""
@@ -484,8 +530,9 @@ def _load_cifar(name: str, data_dir: Path, *, dev_size: int | None = None, downl
     return _image_dataset(name, x_train, y_train, x_test, y_test, classes, dev_size, mean, std)
 
 
-for _name in ("cifar10", "cifar100"):
-    register_dataset(_name)(functools.partial(_load_cifar, _name))
+for _name, _classes in (("cifar10", 10), ("cifar100", 100)):
+    register_dataset(_name, task="classification", model="cifar_resnet", recipe="cifar",
+                     num_outputs=_classes)(functools.partial(_load_cifar, _name))
 
 
 # --- TinyImageNet --------------------------------------------------------------------------------
@@ -508,7 +555,8 @@ def _read_images(items: list[tuple[Path, int]], desc: str) -> tuple[np.ndarray, 
     return x.transpose(0, 3, 1, 2), np.array([label for _, label in items], dtype=np.int64)
 
 
-@register_dataset("tinyimagenet")
+@register_dataset("tinyimagenet", task="classification", model="cifar_resnet", recipe="cifar", num_outputs=200,
+                  cost_factor=4.0)  # 64x64 inputs: ~4x the cost of CIFAR's 32x32 per step
 def _load_tinyimagenet(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """TinyImageNet-200 (official layout); official val = test, dev = last images of a fixed shuffle."""
     dirs = [data_dir / "tiny-imagenet-200", data_dir / "tinyimagenet", data_dir]
@@ -558,7 +606,8 @@ def _npz_path(data_dir: Path) -> Path:
     return files[0]
 
 
-@register_dataset("npz", fingerprint=lambda data_dir: file_sha256(_npz_path(data_dir)))
+# The file decides the task (integer or float targets); the model and recipe a run takes unless it names its own.
+@register_dataset("npz", fingerprint=lambda data_dir: file_sha256(_npz_path(data_dir)), model="mlp", recipe="mnist")
 def _load_npz(data_dir: Path, *, dev_size: int | None = None, **_) -> Dataset:
     """A user's dataset in one .npz: x_train, y_train, x_test, y_test and optionally x_dev, y_dev.
 

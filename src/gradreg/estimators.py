@@ -276,5 +276,7 @@ class JVPSpectReg(_Estimator):
         return torch.stack(out).mean(0)
 
 
-for _cls in (FDSpectReg, FDDataGrad, JVPSpectReg):
+for _cls in (FDSpectReg, JVPSpectReg):
     register_regularizer(_cls.name, _cls)
+# An estimate of DataGrad's term, so a paper-convention λ maps to it as to DataGrad's (gradreg.paper_weight).
+register_regularizer(FDDataGrad.name, FDDataGrad, lambda_scale="batch_mean")

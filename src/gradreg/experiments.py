@@ -38,11 +38,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .cost import STEP_SECONDS, estimate_run_seconds
-from .regularizers import REGULARIZERS
+from .registry import MetadataView
+from .regularizers import (  # noqa: F401  (the grids stay importable from here)
+    CP_GRID, DATAGRAD_GRID, FROBREG_GRID, JACREG_GRID, REGULARIZER_INFO, REGULARIZERS, SPECTREG_GRID,
+    regularizer_info,
+)
 from .reports import Report
 from .train import RunConfig
 
@@ -54,22 +58,8 @@ __all__ = [
 DEV_SEED_OFFSET = 1000
 METRICS = ("test_acc", "test_top5", "test_mse", "train_mse")
 
-# --- λ grids for dev-set selection (Section 6.1, "fixed sets") -------------------------------------
-DATAGRAD_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-SPECTREG_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-JACREG_GRID = SPECTREG_GRID
-# Printed as "0.0001, 0.003, 0.001, 0.003, ...": the second entry is read as 0.0003 (a typo; the
-# list is otherwise SpectReg's and must increase).
-CP_GRID = SPECTREG_GRID
-# The paper gives no FrobReg grid. SpectReg (unscaled r ~ N(0, I)) is an unbiased estimate of FrobReg
-# (Claim 1), so the two share a λ scale: SpectReg's grid.
-FROBREG_GRID = SPECTREG_GRID
-GRIDS: dict[str, tuple[float, ...]] = {
-    "datagrad": DATAGRAD_GRID, "spectreg": SPECTREG_GRID, "spectreg_spherical": SPECTREG_GRID,
-    "jacreg": JACREG_GRID, "frobreg": FROBREG_GRID, "confidence_penalty": CP_GRID,
-    # Not tuned in any table; a log grid like SpectReg's (not stated in the paper).
-    "onehot": SPECTREG_GRID, "randomonehot": SPECTREG_GRID,
-}
+# The paper's λ grids are registered with each term (gradreg.regularizers); GRIDS reads that registry.
+GRIDS: Mapping[str, tuple[float, ...]] = MetadataView(REGULARIZER_INFO, "grid")
 
 
 def grid_window(grid: tuple[float, ...], center: float, k: int) -> tuple[float, ...]:
@@ -392,7 +382,7 @@ def _base(row: str, column: str, config: RunConfig, paper=None, **kw) -> Cell:
 
 def _reg(row: str, column: str, config: RunConfig, term: str, lam: float | None, paper=None, *,
          fallback: float | None = None, tuned: bool = True, **kw) -> Cell:
-    return Cell(row, column, config, term=term, paper_lambda=lam, grid=GRIDS[term] if tuned else (),
+    return Cell(row, column, config, term=term, paper_lambda=lam, grid=regularizer_info(term).grid if tuned else (),
                 paper=paper, fallback_lambda=fallback, **kw)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import data as data_mod
-from .models import StreamDropout, use_dropout_stream
+from .models import MODEL_INFO, StreamDropout, use_dropout_stream
+from .registry import MetadataView
+from .regularizers import evaluate_term
 from .train import (RunConfig, RunResult, _augment, _progress, eval_steps, flushing_subnormals, init_model,
                     make_optimizer, mark_nonfinite_diverged, metrics, resolve_device, term_weights)
 
@@ -200,13 +202,16 @@ def group_key(config: RunConfig) -> str:
     return same.key()
 
 
-GROUPABLE_MODELS = ("mlp", "lenet5")
+# The models registered with groupable=True (register_model); a read-only view of that registry.
+GROUPABLE_MODELS: Mapping[str, bool] = MetadataView(MODEL_INFO, "groupable")
 
 
 def groupable(config: RunConfig) -> bool:
-    """Whether the run can train in a group and still give its solo result: the registry's models
-    without BatchNorm (per-run running statistics); dropout masks come from each run's own stream."""
-    return config.model_name in GROUPABLE_MODELS and not config.batchnorm
+    """Whether the run can train in a group and still give its solo result: a model registered as
+    groupable, without BatchNorm (per-run running statistics); dropout masks come from each run's own
+    stream."""
+    info = MODEL_INFO.get(config.model_name)
+    return info is not None and info.groupable and not config.batchnorm
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -264,7 +269,7 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
                          f"got {len(keys)} different groups")
     if not groupable(configs[0]):
         raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}) cannot train grouped; "
-                         f"groupable: {', '.join(GROUPABLE_MODELS)} without BatchNorm")
+                         f"groupable: {', '.join(sorted(GROUPABLE_MODELS))} without BatchNorm")
     start = time.perf_counter()
     dev = resolve_device(device)
     first = configs[0]
@@ -324,7 +329,10 @@ def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | Non
             # A solo run skips a term whose λ is 0: it draws no projections from the run's stream and
             # logs 0. A member with λ = 0 therefore draws from a scratch generator and is masked out.
             gens = [gen["projection"][g] if w > 0 else scratch[g] for g, w in enumerate(on.tolist())]
-            value = reg.evaluate(model, x, logits, yb if reg.needs_labels else None, generator=gens)
+            # sample_loss: a DataGrad without a loss of its own differentiates the task's per-sample loss,
+            # as inside train()'s Objective (evaluate_term passes it to the terms that take it).
+            value = evaluate_term(reg, model, x, logits, yb if reg.needs_labels else None, generator=gens,
+                                  differentiable=True, plain=True, sample_loss=task_loss)
             parts.append(torch.where(on, value.view(G, batch).mean(1), 0.0))
         loss = task + sum(weights[:, t] * p for t, p in enumerate(parts)) if parts else task
         if recipe.weight_decay:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import is_plain
-from .regularizers import REGULARIZERS, Regularizer, evaluate_term, get_regularizer
+from .regularizers import Regularizer, evaluate_term, get_regularizer, regularizer_info
 from .wrt import INPUT, Wrt, batch_size, concat_inputs, run_forward
 
 __all__ = ["Objective", "ObjectiveOutput", "paper_weight", "TASK_LOSSES"]
@@ -221,10 +221,12 @@ def paper_weight(term: str, weight: float, batch_size: int) -> float:
     :math:`\\partial L_i / \\partial x_i / B`; squared and summed over the batch it is
     :math:`\\frac{1}{B}` times gradreg's batch mean of per-sample squared gradients. So
     λ_gradreg = λ_paper / B for DataGrad (NOTES.md: paper λ=50 at B=50 behaves like λ=1 here).
-    The other terms' per-sample values do not carry the 1/B and map one to one.
+    The other terms' per-sample values do not carry the 1/B and map one to one. Which terms do is
+    registered with each (``lambda_scale`` of :func:`gradreg.regularizer_info`): DataGrad and its
+    finite-difference estimate ``fd_datagrad``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if term not in REGULARIZERS:  # a misspelt DataGrad would silently keep a B times too large λ
-        raise ValueError(f"unknown regularizer {term!r}; valid: {', '.join(sorted(REGULARIZERS))}")
-    return weight / batch_size if term == "datagrad" else weight
+    # Unknown names are errors: a misspelt DataGrad would silently keep a B times too large λ.
+    scale = regularizer_info(term).lambda_scale
+    return weight / batch_size if scale == "batch_mean" else weight

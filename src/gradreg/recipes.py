@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
+
+from .data import DATASET_INFO
+from .registry import MetadataView
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "DEFAULT_RECIPE"]
 
@@ -106,11 +109,9 @@ RECIPES: dict[str, Recipe] = {
     "digits": Recipe(batch_size=50, steps=1_500, weight_decay=0.0005, dropout=0.0),
 }
 
-# Which recipe a dataset uses unless the run names one.
-DEFAULT_RECIPE: dict[str, str] = {
-    "mnist": "mnist", "cifar10": "cifar", "cifar100": "cifar", "tinyimagenet": "cifar",
-    "sin": "sin", "sin2": "sin", "sin_lownoise": "sin", "digits": "digits", "npz": "mnist",
-}
+# Which recipe a dataset uses unless the run names one: registered with the dataset
+# (register_dataset(recipe=...)); this read-only view reads that registry.
+DEFAULT_RECIPE: Mapping[str, str] = MetadataView(DATASET_INFO, "recipe")
 
 
 def get_recipe(name: str) -> Recipe:

@@ -55,13 +55,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import (  # noqa: F401  (the base names stay importable from here, as estimators do)
-    REGULARIZERS, Regularizer, Wrt, _as_outputs, _check_choice, _Context, _norm, _one_hot, _PROJECTIONS,
-    _STRATEGIES, couples_batch, evaluate_term, get_regularizer, register_regularizer,
+    REGULARIZER_INFO, REGULARIZERS, Regularizer, RegularizerInfo, Wrt, _as_outputs, _check_choice, _Context,
+    _norm, _one_hot, _PROJECTIONS, _STRATEGIES, couples_batch, evaluate_term, get_regularizer,
+    register_regularizer, regularizer_info,
 )
 
 __all__ = [
     "Regularizer", "DataGrad", "SpectReg", "FrobReg", "JacReg", "OneHot", "RandomOneHot",
     "ConfidencePenalty", "REGULARIZERS", "register_regularizer", "get_regularizer", "couples_batch", "Wrt",
+    "RegularizerInfo", "regularizer_info",
 ]
 
 
@@ -270,7 +272,24 @@ class ConfidencePenalty(Regularizer):
         return (logp.exp() * logp).sum(1)
 
 
-for _cls in (DataGrad, FrobReg, JacReg, OneHot, RandomOneHot, ConfidencePenalty):
-    register_regularizer(_cls.name, _cls)
-register_regularizer("spectreg", SpectReg)
-register_regularizer("spectreg_spherical", functools.partial(SpectReg, distribution="spherical"))
+# --- the paper's λ grids for dev-set selection (Section 6.1, "fixed sets"), in the paper's convention ---
+DATAGRAD_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+SPECTREG_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+JACREG_GRID = SPECTREG_GRID
+# Printed as "0.0001, 0.003, 0.001, 0.003, ...": the second entry is read as 0.0003 (a typo; the
+# list is otherwise SpectReg's and must increase).
+CP_GRID = SPECTREG_GRID
+# The paper gives no FrobReg grid. SpectReg (unscaled r ~ N(0, I)) is an unbiased estimate of FrobReg
+# (Claim 1), so the two share a λ scale: SpectReg's grid.
+FROBREG_GRID = SPECTREG_GRID
+
+# The paper's DataGrad differentiates the batch-mean loss (Figure 1): its λ is B times gradreg's.
+register_regularizer("datagrad", DataGrad, grid=DATAGRAD_GRID, lambda_scale="batch_mean")
+register_regularizer("spectreg", SpectReg, grid=SPECTREG_GRID)
+register_regularizer("spectreg_spherical", functools.partial(SpectReg, distribution="spherical"), grid=SPECTREG_GRID)
+register_regularizer("jacreg", JacReg, grid=JACREG_GRID)
+register_regularizer("frobreg", FrobReg, grid=FROBREG_GRID)
+register_regularizer("confidence_penalty", ConfidencePenalty, grid=CP_GRID)
+# Not tuned in any table; a log grid like SpectReg's (not stated in the paper).
+register_regularizer("onehot", OneHot, grid=SPECTREG_GRID)
+register_regularizer("randomonehot", RandomOneHot, grid=SPECTREG_GRID)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .grouped import group_key, groupable, train_group
+from .models import MODEL_INFO
 from .plugins import Imports, import_plugins, resolve_imports
 from .errors import error_cause, group_failures
 from .store import STATUSES, ResultStore, owner_id, runtime_versions
@@ -503,7 +504,7 @@ def auto_group_size(config: RunConfig, device: str = "auto") -> int:
         return 1
     if resolve_device(device).type == "cuda":
         return max(1, min(128, 8192 // config.resolved_recipe().batch_size))
-    return CPU_GROUP_SIZE if config.model_name == "mlp" else 1
+    return CPU_GROUP_SIZE if MODEL_INFO[config.model_name].group_on_cpu else 1  # register_model(group_on_cpu=)
 
 
 def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, workers: int = 1,

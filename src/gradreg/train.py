@@ -13,7 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +23,16 @@ from . import data as data_mod
 from .models import create_model, use_dropout_stream
 from .numerics import flush_denormal as _flush_denormal
 from .objective import Objective, paper_weight
-from .recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from .recipes import Recipe, get_recipe
+from .registry import MetadataView
 from .regularizers import get_regularizer
 
 __all__ = ["RunConfig", "RunResult", "train", "evaluate", "metrics", "resolve_device", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = {"mnist": "lenet5", "digits": "lenet5", "cifar10": "cifar_resnet",
-                 "cifar100": "cifar_resnet", "tinyimagenet": "cifar_resnet",
-                 "sin": "mlp", "sin2": "mlp", "sin_lownoise": "mlp"}
-# Datasets whose paper setup fixes the training-set size (SIN: 100 points, 6.1.3); others use the pool.
-DEFAULT_TRAIN_SIZE = {"sin": 100, "sin2": 100, "sin_lownoise": 100}
+# A dataset's default model and training-set size are registered with it (register_dataset); these
+# read-only views read that registry.
+DEFAULT_MODEL: Mapping[str, str] = MetadataView(data_mod.DATASET_INFO, "model")
+DEFAULT_TRAIN_SIZE: Mapping[str, int] = MetadataView(data_mod.DATASET_INFO, "train_size")
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ class RunConfig:
     """Everything that determines a run's result (not where its data lies or which device runs it)."""
 
     dataset: str = "digits"
-    train_size: int | None = None          # points drawn from the pool; None: DEFAULT_TRAIN_SIZE or the pool
-    model: str | None = None               # None: the dataset's model (DEFAULT_MODEL)
+    train_size: int | None = None          # points drawn from the pool; None: the dataset's (or the pool)
+    model: str | None = None               # None: the dataset's registered model
     batchnorm: bool = False
-    recipe: str | None = None              # None: the dataset's recipe (recipes.DEFAULT_RECIPE)
+    recipe: str | None = None              # None: the dataset's registered recipe
     overrides: tuple[tuple[str, Any], ...] = ()   # recipe overrides, e.g. (("weight_decay", 0.0),)
     terms: tuple[tuple[str, float], ...] = ()     # (regularizer, λ) pairs
     weight_convention: str = "paper"       # λ as the paper writes it, or "gradreg" (batch-size independent)
@@ -55,12 +55,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", tuple(sorted((str(k), v) for k, v in dict(self.overrides).items())))
         object.__setattr__(self, "terms", tuple((str(n), float(w)) for n, w in self.terms))
-        if self.train_size is None:
-            object.__setattr__(self, "train_size", DEFAULT_TRAIN_SIZE.get(self.dataset))
         if self.weight_convention not in ("paper", "gradreg"):
             raise ValueError(f"weight_convention must be 'paper' or 'gradreg', got {self.weight_convention!r}")
         if self.dataset not in data_mod.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data_mod.DATASETS))}")
+        if self.train_size is None:
+            object.__setattr__(self, "train_size", data_mod.dataset_info(self.dataset).train_size)
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {self.train_size}")
         for name, weight in self.terms:
@@ -79,17 +79,17 @@ class RunConfig:
         opts: dict[str, Any] = {"batch_mode": self.batch_mode}
         if name in ("spectreg", "spectreg_spherical", "randomonehot"):
             opts["n_projections"] = self.n_projections
-        if name == "datagrad" and self.dataset in DEFAULT_TRAIN_SIZE:  # the SIN family: regression
-            opts["loss"] = "mse"
+        # DataGrad is given no loss: it differentiates the run's own per-sample task loss (the objective's,
+        # which train() and train_group() pick from the loaded dataset's task), whatever the dataset.
         return opts
 
     @property
     def model_name(self) -> str:
-        return self.model or DEFAULT_MODEL.get(self.dataset, "mlp")
+        return self.model or data_mod.dataset_info(self.dataset).model
 
     def base_recipe(self) -> Recipe:
         """The named recipe (or the dataset's), before overrides."""
-        return get_recipe(self.recipe or DEFAULT_RECIPE.get(self.dataset, "mnist"))
+        return get_recipe(self.recipe or data_mod.dataset_info(self.dataset).recipe)
 
     def resolved_recipe(self) -> Recipe:
         return self.base_recipe().replace(**dict(self.overrides))
