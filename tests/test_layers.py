@@ -82,3 +82,14 @@ def test_plain_training_step_is_bit_identical_to_stock_layers():
     ours.eval(), stock.eval()
     with torch.no_grad():
         assert torch.equal(ours(x), stock(x))
+
+
+def test_auto_layout_follows_the_models_measured_fact(monkeypatch):
+    from gradreg import models
+    from gradreg.train import use_channels_last
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", cpu, 4, "cifar_resnet") and use_channels_last("auto", cpu, 4, "my_own_net")
+    monkeypatch.setitem(models.CPU_CHANNELS_LAST, "cifar_resnet", False)
+    assert not use_channels_last("auto", cpu, 4, "cifar_resnet")
+    assert use_channels_last("channels_last", cpu, 4, "cifar_resnet")
+    assert not use_channels_last("auto", cuda, 4, "lenet5")

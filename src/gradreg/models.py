@@ -236,6 +236,16 @@ def _cifar_resnet(*, input_shape, num_outputs, batchnorm=True, dropout=0.0):
     return CifarResNet(_image_shape("cifar_resnet", input_shape), num_outputs, dropout=dropout)
 
 
+# Measured memory layout on CPU (gradreg.train.use_channels_last's "auto"), one thread, medians of
+# interleaved steps (benchmarks/README.md): channels-last made LeNet-5's plain steps 1.24x and SpectReg
+# steps 1.20x faster; the CIFAR ResNet's (16/32/64 x1, batch 128, with gradreg.layers) plain steps 1.4x
+# and SpectReg/DataGrad steps 1.3x. With nn's own layers the ResNet's double backward was 1.5x slower
+# channels-last (the reductions of PyTorch's BatchNorm double backward and its ReLU double backward were
+# several times slower in that layout).
+CPU_CHANNELS_LAST: dict[str, bool] = {"lenet5": True, "cifar_resnet": True, "cifar_resnet_s": True,
+                                      "cifar_resnet_xs": True}
+
+
 # Scaled variants of the paper's ResNet (same block, stem and head; fewer filters and blocks), for
 # reproductions that must fit a CPU (results/cifar10_scaled.md): a third and a sixth of the paper's
 # 48/96/192 filters, one block per level instead of three.

@@ -223,15 +223,21 @@ def eval_steps(recipe: Recipe) -> list[int]:
     return sorted({max(1, round(recipe.steps * (i + 1) / recipe.eval_points)) for i in range(recipe.eval_points)})
 
 
-def use_channels_last(memory_format: str, device: torch.device, input_dim: int) -> bool:
-    """Whether a run stores images and conv weights channels-last: ``"auto"`` does on CPU, where it
-    was measured faster for LeNet-5 (plain steps 1.2x, double-backprop steps 1.1x, evaluation 1.3x:
-    ``benchmarks/README.md``); on CUDA it was not measured, so it stays off there."""
+def use_channels_last(memory_format: str, device: torch.device, input_dim: int, model: str | None = None) -> bool:
+    """Whether a run stores images and conv weights channels-last. ``"auto"``: on CPU as measured for
+    ``model`` (:data:`gradreg.models.CPU_CHANNELS_LAST`: faster for LeNet-5 and, with
+    :mod:`gradreg.layers`, for the CIFAR ResNet, in plain and double-backprop steps alike;
+    ``benchmarks/README.md``), channels-last for a model not measured there; on CUDA it was not measured,
+    so it stays off there."""
+    from .models import CPU_CHANNELS_LAST
+
     if memory_format not in ("auto", "channels_last", "contiguous"):
         raise ValueError(f"memory_format must be auto, channels_last or contiguous, got {memory_format!r}")
     if input_dim != 4 or memory_format == "contiguous":
         return False
-    return memory_format == "channels_last" or device.type == "cpu"
+    if memory_format == "channels_last":
+        return True
+    return device.type == "cpu" and CPU_CHANNELS_LAST.get(model, True)
 
 
 def flushing_subnormals(fn):
