@@ -75,6 +75,7 @@ import torch
 from torch import Tensor
 
 from .perturb import Generators, _is_stochastic, _only_row, _per_sample, _Probe, _Replay, _running_stats_kept
+from .perturb import _draw_directions  # noqa: F401  (benchmarks/bench_estimators.py imports it from here)
 from .regularizers import (
     _SAMPLE_LOSSES, Regularizer, _as_outputs, _check_choice, _cross_entropy, couples_batch, register_regularizer,
 )
