@@ -155,3 +155,16 @@ def test_a_loader_must_give_the_task_it_registered(tmp_path, registered):
 
     with pytest.raises(gradreg.DataError, match="registered as classification"):
         gradreg.load_dataset("mislabelled", tmp_path)
+
+
+def test_defaults_from_the_registry_keep_the_run_keys():
+    """The registry resolves a config's model, recipe and train size to what the tables said before it
+    held them, so these configs keep their keys (the committed databases hold runs under them)."""
+    keys = {RunConfig(dataset="sin", terms=(("datagrad", 10.0),)): "3ab5a94c25d02e84",
+            RunConfig(dataset="sin2", seed=3): "14dbd4cd893c9092",
+            RunConfig(dataset="mnist", train_size=2000, terms=(("spectreg", 0.03),)): "8f956398f7128b11",
+            RunConfig(dataset="cifar10"): "97793fc802ef0222",
+            RunConfig(dataset="tinyimagenet", train_size=5000): "a807b783bbc45bdb",
+            RunConfig(dataset="npz", terms=(("datagrad", 1.0),)): "6be28466fdfeb2ab",
+            RunConfig(dataset="digits"): "d0e6747a848c9216"}
+    assert [c.key() for c in keys] == list(keys.values())
