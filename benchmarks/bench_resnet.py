@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--layers", default="stock,gradreg")
     ap.add_argument("--layouts", default="contiguous,channels_last")
     ap.add_argument("--bn", default="train")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each variant first")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -119,7 +120,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, CifarResNet {widths} x{args.blocks} "
           f"({sum(p.numel() for p in base.parameters()):,} parameters), batch {args.batch}, "
           f"{torch.get_num_threads()} thread(s), median of {args.rounds} interleaved rounds")
-    med = measure(steps, args.rounds)
+    med = measure(steps, args.rounds, warmup=args.warmup)
     print(f"\n| layers | layout | BatchNorm | plain s/step | SpectReg s/step | x plain | DataGrad s/step | x plain |")
     print("|---|---|---|---|---|---|---|---|")
     for c in combos:

@@ -1,21 +1,23 @@
-"""Convolution and BatchNorm layers whose double backward is cheap (used by the CIFAR ResNet).
+"""Convolution, BatchNorm and ReLU layers whose double backward is cheap (used by the CIFAR ResNet).
 
-Same parameters, buffers, forward and first-order backward as ``nn.Conv2d`` / ``nn.BatchNorm2d``
-(state dicts load both ways, plain training steps give the same numbers); they differ only in the graph
+Same parameters, buffers, forward and first-order backward as ``nn.Conv2d`` / ``nn.BatchNorm2d`` /
+``nn.ReLU`` (state dicts load both ways, plain training steps give the same numbers); they differ only in the graph
 they record when a gradient is taken with ``create_graph=True``, as every gradient regularizer does.
 Measured on the CIFAR ResNet, one CPU thread (``benchmarks/bench_resnet.py``, ``benchmarks/README.md``):
 
 * PyTorch's double backward of a convolution (``_convolution_double_backward``) forms the weight
   gradient of the penalty as a convolution of the input with the output gradient as its kernel, a
-  batch-as-channels convolution with a 32x32 kernel on the first level, several times slower than the
-  weight-gradient kernel it replaces. :class:`Conv2d` records the input gradient as a transposed
+  batch-as-channels convolution with a 32x32 kernel on the first level that took twice as long as the
+  layer's whole first-order backward. :class:`Conv2d` records the input gradient as a transposed
   convolution, whose own backward is one ordinary convolution and one ordinary weight gradient.
 * PyTorch's double backward of BatchNorm (``batchnorm_double_backward``) is written out of some thirty
   full-size elementwise operations and reductions; it took over a third of a SpectReg step.
-  :class:`BatchNorm2d` records the input gradient as six elementwise operations and three reductions,
-  recomputing the batch statistics from the input so that they stay differentiable.
+  :class:`BatchNorm2d` records the input gradient as four full-size operations and two reductions, the
+  forward's batch mean and 1/std made differentiable in x by a small function of their own.
+* ``torch.relu``'s double backward fills and adds a full-size zero tensor (the derivative of the ReLU
+  mask); :class:`ReLU` does not form it.
 
-Under autocast both fall back to the stock layers (their mixed-dtype backward is not written here).
+Under autocast Conv2d and BatchNorm2d fall back to the stock layers (no mixed-dtype backward is written here).
 """
 from __future__ import annotations
 
