@@ -191,23 +191,22 @@ def _experiment(name: str, set_: list[str] | None = None, grid_window: int | Non
 
 
 def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_seeds: Optional[int] = None):
-    """The runs of one sweep phase; 'selected' needs phase 1 (the grid on dev seeds) in ``db``."""
-    from .report import dev_seed_count, select_lambdas
-    dev = dev_seed_count(seeds, dev_seeds)
-    if lambdas == "paper":
-        return exp.plan(lambdas=lambdas, seeds=seeds, smoke=smoke)
-    if lambdas == "grid":
-        return exp.plan(lambdas=lambdas, seeds=dev, smoke=smoke)
-    if lambdas == "selected":
-        from .store import ResultStore
+    """The runs of one sweep phase (gradreg.selection.plan_phase); 'selected' needs phase 1 (the grid on
+    dev seeds) in ``db``."""
+    from .selection import plan_phase
+    from .store import ResultStore
+
+    if lambdas not in ("paper", "grid", "selected"):
+        _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
+    try:
+        if lambdas != "selected":
+            return plan_phase(exp, None, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)[0]
         with ResultStore(db, readonly=True) as store:
-            try:
-                best = select_lambdas(exp, store, seeds=dev)
-            except ValueError as e:
-                _fail(str(e))
-        typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
-        return exp.select_plan(best, seeds=seeds, smoke=smoke)
-    _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
+            plan, best = plan_phase(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
+    return plan
 
 
 def _db(db: Optional[Path], exp, *, smoke: bool = False) -> Path:
@@ -370,8 +369,8 @@ def report(
     smoke: bool = typer.Option(False, help="report a --smoke sweep"),
 ):
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
-    from .report import (collect, dev_seed_count, grid_stats, markdown_grid_table, markdown_table, write_csv,
-                         write_grid_csv)
+    from .report import markdown_grid_table, markdown_table, write_csv, write_grid_csv
+    from .selection import collect, dev_seed_count, grid_stats
 
     exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp, smoke=smoke)

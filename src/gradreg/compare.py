@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .experiments import PlannedRun
-from .report import paired_p
+from .selection import paired_p
 from .store import ResultStore
 
 __all__ = ["PairedCell", "compare_stores", "markdown_comparison"]
@@ -78,7 +78,7 @@ def markdown_comparison(cells: list[PairedCell], name_a: str, name_b: str) -> st
     difference, how many pairs agree exactly, the paired t-test's p, and median seconds per run."""
     metric = cells[0].metric if cells else "metric"
     lines = [f"A = {name_a}, B = {name_b}; {metric}, paired by run key (same config and seed)", "",
-             f"| cell | pairs | A | B | B − A (95% CI) | max abs(B − A) | identical | p (paired t) | s/run A | s/run B | A / B time |",
+             "| cell | pairs | A | B | B − A (95% CI) | max abs(B − A) | identical | p (paired t) | s/run A | s/run B | A / B time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         if not c.seeds:

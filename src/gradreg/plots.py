@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from .experiments import Experiment
-from .report import CellStats, collect, dev_metric, dev_seed_count, grid_stats
+from .selection import CellStats, collect, dev_metric, dev_seed_count, grid_stats
 from .store import ResultStore
 
 __all__ = ["gain_series", "plot_experiment"]
