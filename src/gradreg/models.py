@@ -219,14 +219,15 @@ class CifarResNet(nn.Module):
         return self.head(self.levels(self.stem(x)))
 
 
-# Step costs: seconds of one single-thread sweep run per step, evaluation and start-up included, on this
-# project's 2-core CPU with two runs at once (medians of results/mnist.db): LeNet-5 on MNIST 13 ms
-# unregularized (130 s per 10,000-step run), x2.3 with one double-backprop term (DataGrad 320 s,
-# SpectReg 283 s; OneHot etc. alike). The SIN MLP ~1.5 ms (x1.7 with a gradient term) and the CIFAR
-# ResNet ~0.6 s per step (x2.1 assumed) are step timings from benchmarks, not runs. Grouping on CPU:
-# SIN MLPs train 5.7x faster per run in groups of 50, stacked LeNet-5s were not faster
+# Step costs (gradreg.cost): CPU seconds of one single-thread run per step, evaluation and start-up
+# included, subnormals flushed (the default), on this project's 2-core AMD EPYC machine, from the runs'
+# stored cpu_seconds (results/flush/mnist.db; results/REPRODUCTION.md, Appendix C): LeNet-5 on MNIST-2000
+# 5.8 ms unregularized (57.9 s per 10,000-step run, 2 runs), x2.1 with one double-backprop term
+# (SpectReg 0.03 124.5 s, DataGrad 50 120.0 s). The SIN MLP 0.95 ms, x1.55 with SpectReg (solo runs of
+# the sin recipe, 4.75 s and 7.3 s). The CIFAR ResNet's are step timings from benchmarks, not runs.
+# Grouping on CPU: SIN MLPs train 5.7x faster per run in groups of 50, stacked LeNet-5s were not faster
 # (benchmarks/bench_grouped.py); the ResNet has BatchNorm (per-run running statistics), so no group.
-@register_model("lenet5", groupable=True, step_seconds=0.013, gradient_factor=2.3)
+@register_model("lenet5", groupable=True, step_seconds=0.0058, gradient_factor=2.1)
 def _lenet5(*, input_shape, num_outputs, batchnorm=False, dropout=0.0):
     return LeNet5(_image_shape("lenet5", input_shape), num_outputs, batchnorm=batchnorm, dropout=dropout)
 
@@ -266,6 +267,6 @@ for _name, (_widths, _blocks) in SCALED_RESNETS.items():
     register_model(_name)(_scaled_resnet(_name, _widths, _blocks))
 
 
-@register_model("mlp", groupable=True, group_on_cpu=True, step_seconds=0.0015, gradient_factor=1.7)
+@register_model("mlp", groupable=True, group_on_cpu=True, step_seconds=0.00095, gradient_factor=1.55)
 def _mlp(*, input_shape, num_outputs, batchnorm=False, dropout=0.0):
     return MLP(math.prod(input_shape), num_outputs, batchnorm=batchnorm, dropout=dropout)
