@@ -304,8 +304,8 @@ def sweep(
     check_overrides(_parse_pairs(set_, "--set"))
     check_device(device)
     if backend == "ray":
-        from .sweep import _import_ray
-        _import_ray()
+        from .ray_backend import import_ray
+        import_ray()
     exp = _experiment(experiment, set_, grid_window, row)
     db = _db(db, exp, smoke=smoke)
     if smoke:

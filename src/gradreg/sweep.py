@@ -12,11 +12,12 @@ runs are recorded as failed.
 
 Backends:
 
-* ``"local"``: ``workers`` processes on this machine (in this process when ``workers == 1``).
-* ``"ray"``: one ray task per task, on a local ray instance or the cluster at ``address``. Tasks
-  return their results to this process (the driver), which alone reads and writes the store, so the
-  cluster needs no shared filesystem; it needs the same gradreg and torch installed on every node
-  (and the sweep's ``imports``, :mod:`gradreg.plugins`).
+* ``"local"``: ``workers`` processes on this machine (in this process when ``workers == 1``;
+  :mod:`gradreg.local_backend`).
+* ``"ray"``: one ray task per task, on a local ray instance or the cluster at ``address``
+  (:mod:`gradreg.ray_backend`). Tasks return their results to this process (the driver), which alone
+  reads and writes the store, so the cluster needs no shared filesystem; it needs the same gradreg and
+  torch installed on every node (and the sweep's ``imports``, :mod:`gradreg.plugins`).
 """
 from __future__ import annotations
 
@@ -26,18 +27,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import group_failures
 from .grouped import group_key, groupable, train_group
 from .models import MODEL_INFO
 from .plugins import Imports, import_plugins, resolve_imports
-from .errors import error_cause, group_failures
-from .store import STATUSES, ResultStore, owner_id, runtime_versions
+from .store import STATUSES, ResultStore, owner_id
+from .sweep_data import _DATASETS, _check_data, _dataset, _preflight, _stop_on_data_error  # noqa: F401 (_DATASETS: tests)
 from .train import RunConfig, RunResult, resolve_device, train
-from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "SweepSummary", "auto_group_size", "default_workers", "plan_tasks", "run_sweep"]
 
@@ -85,26 +86,6 @@ def default_workers(device: str = "auto") -> int:
 
 
 # -- one run, in whichever process trains it ------------------------------------------------------
-
-_DATASETS: dict[tuple[str, str | None, str | None], Any] = {}
-
-
-def _dataset(name: str, data_dir: str | os.PathLike | None) -> Any:
-    """The dataset, loaded once per process (loading MNIST takes seconds; a sweep runs it hundreds of
-    times), and again when the user's file changed (its fingerprint is part of the cache key)."""
-    from .data import DataError, data_fingerprint, load_dataset
-
-    try:
-        fingerprint = data_fingerprint(name, data_dir)
-    except (DataError, OSError):  # no file: load_dataset raises the full error below
-        fingerprint = None
-    where = None if data_dir is None else os.fspath(data_dir)
-    cache_key = (name, where, fingerprint)
-    if cache_key not in _DATASETS:
-        for old in [k for k in _DATASETS if k[:2] == (name, where)]:
-            del _DATASETS[old]  # an earlier version of the file: not needed again
-        _DATASETS[cache_key] = load_dataset(name, data_dir)
-    return _DATASETS[cache_key]
 
 
 class _Heartbeat:
@@ -158,66 +139,6 @@ def _train_task(configs: list[RunConfig], *, data_dir: Any, device: str, progres
     return results
 
 
-def _check_data(store: ResultStore, finished: list[RunConfig], data_dir: Any) -> None:
-    """Refuse to count runs as finished that were trained on another version of the user's data file.
-
-    Run keys hold settings, not data: without this check, a sweep over an edited .npz would skip
-    every run already in the database and report the old file's results as the new one's.
-    """
-    from .data import DataError, data_fingerprint
-
-    for name in sorted({c.dataset for c in finished}):
-        try:
-            current = data_fingerprint(name, data_dir)
-        except (DataError, OSError):  # no file: nothing to compare; runs that need it fail with this error
-            continue
-        if current is None:
-            continue
-        rows = store.rows([c.key() for c in finished if c.dataset == name], status=("done", "diverged"))
-        other = sorted({r["extras"].get("data_sha256") for r in rows} - {None, current})
-        if other:
-            n = sum(r["extras"].get("data_sha256") in other for r in rows)
-            raise ValueError(f"{store.path}: {n} finished run(s) of this sweep were trained on another {name} data "
-                             f"file (sha256 {', '.join(other)}; the file now: {current}), and run keys do not "
-                             f"tell data apart. Sweep into another database (--db; db_path in Python) to keep both.")
-
-
-def _preflight(configs: list[RunConfig], data_dir: Any, keep_data: bool = True) -> None:
-    """Refuse, before any run trains, settings that would fail every run of their kind
-    (:func:`gradreg.validate.check_runs`). A dataset that does not load is left to the runs: they fail
-    with its error, and :func:`_stop_on_data_error` stops the sweep where that is every run."""
-    from .data import DataError
-    from .validate import check_runs
-
-    def dataset_of(name: str) -> Any:
-        try:
-            return _dataset(name, data_dir)
-        except DataError:
-            return None
-
-    loaded_before = set(_DATASETS)
-    try:
-        check_runs(configs, dataset_of)
-    finally:
-        if not keep_data:  # the workers load their own copy: do not hold a second one here all sweep
-            for key in set(_DATASETS) - loaded_before:
-                del _DATASETS[key]
-
-
-def _stop_on_data_error(store: ResultStore, key: str, dataset: str, datasets: set[str], trained_ok: set[str]) -> None:
-    """Stop the sweep when a run failed because its dataset does not load, every run of the sweep uses
-    that dataset, and none has trained: the others would fail the same way, each after loading it again.
-    (Where other datasets' runs remain, those can succeed: the sweep goes on.)"""
-    from .data import DataError
-
-    if datasets != {dataset} or dataset in trained_ok:
-        return
-    row = store.get(key)
-    cause = error_cause(row["error"] if row else None)
-    if cause.startswith("DataError:"):
-        raise DataError(f"{cause.removeprefix('DataError: ')} (stopped the sweep: every {dataset} run needs this "
-                        "data; fix it, then run the sweep again with --retry-failed)")
-
 
 def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_dir: Any, device: str,
               retry_failed: bool, progress: bool) -> list[tuple[str, str]]:
@@ -260,233 +181,6 @@ def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_
                 store.release(c.key(), owner)
         raise
     return list(outcomes.items())
-
-
-# -- local process pool -------------------------------------------------------------------------
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(threads: int, imports: tuple[str, ...]) -> None:
-    """Pool worker setup: torch's thread count, the user's components (``imports``), and Ctrl-C left to
-    the parent (which stops the pool)."""
-    import signal
-
-    import torch
-
-    from .numerics import set_default_flush_denormal
-
-    set_default_flush_denormal()  # the parent's setting (environment), before torch starts its threads
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import_plugins(imports)
-    except Exception:  # raised here it would break the pool, reported as a crashed worker: see _pool_task
-        _WORKER["import_error"] = traceback.format_exc()
-
-
-def _pool_task(configs: list[RunConfig], db_path: str, data_dir: Any, device: str,
-               retry_failed: bool) -> list[tuple[str, str]]:
-    """One task in a pool worker; the store connection and owner id live as long as the worker."""
-    if "import_error" in _WORKER:
-        raise ValueError("imports: a sweep worker (a fresh process) could not import them, though this "
-                         "process could:\n" + _WORKER["import_error"])
-    if _WORKER.get("path") != db_path:
-        if "store" in _WORKER:
-            _WORKER["store"].close()
-        _WORKER.update(path=db_path, store=ResultStore(db_path), owner=owner_id())
-    return _run_task(_WORKER["store"], configs, _WORKER["owner"], data_dir=data_dir, device=device,
-                     retry_failed=retry_failed, progress=False)
-
-
-def _run_local_pool(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
-                    workers: int, threads: int, data_dir: Any, device: str, retry_failed: bool,
-                    imports: tuple[str, ...], say: Callable[[str], None]) -> None:
-    """Train ``tasks`` in ``workers`` spawned processes (:class:`~gradreg.workers.WorkerPool`).
-
-    A worker that dies mid-task costs that task alone: the runs it held are recorded as failed with
-    the cause (its claimed rows are its, and it is gone), runs it had not yet claimed go back to the
-    queue, a replacement worker takes the next task, and ``say`` gets one line about it."""
-    import socket
-
-    keys = [c.key() for task in tasks for c in task]
-    pool = WorkerPool(min(workers, len(tasks)), initializer=_init_worker, initargs=(threads, imports))
-    try:
-        queue = list(tasks)
-        for event in pool.run(queue, _pool_task, lambda t: (t, str(store.path), data_dir, device, retry_failed)):
-            if event.kind == "ok":
-                for key, outcome in event.value:  # _run_task turns training errors into "failed" itself
-                    record(key, outcome)
-            elif event.kind == "error":  # the task function itself raised (e.g. the worker's imports)
-                head, sep, imports_error = event.value.partition("ValueError: imports: ")
-                raise ValueError("imports: " + imports_error if sep else
-                                 "a sweep worker failed outside any run:\n" + event.value)
-            else:
-                _worker_died(store, event, socket.gethostname(), record, queue, say)
-    except BaseException:
-        pool.terminate()
-        store.release_dead(keys)  # the stopped workers' rows: nothing of them finished
-        raise
-    pool.close()
-
-
-def _worker_died(store: ResultStore, event: Any, host: str, record: Callable[[str, str], None],
-                 queue: list[list[RunConfig]], say: Callable[[str], None]) -> None:
-    """Account for the task of a worker that died: its claimed runs failed, its unclaimed ones requeued."""
-    error = (f"WorkerDied: sweep worker process {event.pid} {event.value} while training this run; the sweep "
-             "went on with the other runs. Train it again with --retry-failed (retry_failed=True).")
-    owner = f"{host}:{event.pid}:"
-    failed, unclaimed = [], []
-    for config in event.task:
-        key = config.key()
-        if store.fail_abandoned(key, owner, error):
-            failed.append(key)
-            record(key, "failed")
-            continue
-        row = store.get(key)
-        if row is not None and row["status"] in ("done", "diverged") and (row["owner"] or "").startswith(owner):
-            record(key, row["status"])  # stored by the worker before it died
-        elif row is None or row["status"] == "running" and (row["owner"] or "").startswith(owner):
-            unclaimed.append(config)
-        else:
-            record(key, "busy")  # held (or finished) by another sweep
-    queue.extend([config] for config in unclaimed)
-    say(f"sweep worker process {event.pid} {event.value}: {len(failed)} run(s) it was training recorded as "
-        f"failed{f', {len(unclaimed)} requeued' if unclaimed else ''}; the other workers go on")
-
-
-# -- ray ------------------------------------------------------------------------------------------
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError("the ray backend needs ray: pip install 'gradreg[ray]'") from exc
-    return ray
-
-
-def _ray_train(configs: list[dict[str, Any]], data_dir: Any, device: str, threads: int,
-               imports: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A ray task: train one task's runs and return plain data (the driver stores it), errors included."""
-    import torch
-
-    from .numerics import set_default_flush_denormal
-
-    set_default_flush_denormal()  # from this process's GRADREG_FLUSH_DENORMAL (default: on)
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    out: dict[str, Any] = {"versions": runtime_versions(), "device": None}
-    try:
-        import_plugins(imports)
-        runs = [RunConfig.from_dict(c) for c in configs]
-        out["device"] = str(resolve_device(device))
-        try:
-            out["results"] = [r.to_dict() for r in _train_task(runs, data_dir=data_dir, device=device,
-                                                               progress=False)]
-        except Exception:
-            if len(runs) == 1:
-                raise
-            out["results"] = []
-            for run in runs:  # the group failed: each run alone, so one bad run fails only itself
-                try:
-                    out["results"] += [r.to_dict() for r in _train_task([run], data_dir=data_dir, device=device,
-                                                                         progress=False)]
-                except Exception:
-                    out["results"].append({"config": run.to_dict(), "error": traceback.format_exc()})
-    except Exception:
-        out["error"] = traceback.format_exc()
-    out["seconds"] = (time.perf_counter() - start) / max(1, len(configs))
-    return out
-
-
-def _result_from_dict(d: dict[str, Any]) -> RunResult:
-    return RunResult(config=RunConfig.from_dict(d["config"]), status=d["status"], metrics=d["metrics"],
-                     curve=d["curve"], extras=d["extras"], seconds=d["seconds"], error=d["error"])
-
-
-def _run_ray(tasks: list[list[RunConfig]], store: ResultStore, record: Callable[[str, str], None], *,
-             workers: int, threads: int, address: str | None, data_dir: Any, device: str,
-             retry_failed: bool, imports: tuple[str, ...]) -> None:
-    """Keep ``workers`` ray tasks in flight; the driver claims a task's runs just before submitting it.
-
-    Claiming lazily (not all runs up front) leaves the rest to another sweep on the same database
-    and keeps the driver's heartbeat to a handful of rows. Results are stored the moment
-    ``ray.wait`` returns them, so killing the driver loses only the runs in flight.
-    """
-    ray = _import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        local = address is None
-        ray.init(address=address, num_cpus=workers * threads if local else None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    owner = owner_id()
-    in_flight: dict[Any, list[RunConfig]] = {}
-    try:
-        if str(device) == "auto":
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        else:
-            gpus = 1 if resolve_device(device).type == "cuda" else 0
-        remote = ray.remote(_ray_train).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
-        queue: Iterator[list[RunConfig]] = iter(tasks)
-        with _Heartbeat(store, owner) as beat:
-            while True:
-                while len(in_flight) < workers:
-                    task = next(queue, None)
-                    if task is None:
-                        break
-                    claimed = []
-                    for config in task:
-                        if store.claim(config, owner, retry_failed=retry_failed):
-                            claimed.append(config)
-                            beat.add(config.key())
-                        else:
-                            record(config.key(), "busy")
-                    if claimed:
-                        in_flight[remote.remote([c.to_dict() for c in claimed], data_dir, device, threads,
-                                                 imports)] = claimed
-                if not in_flight:
-                    break
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    claimed = in_flight.pop(ref)
-                    for key, outcome in _store_ray_result(ray, ref, claimed, store, owner):
-                        record(key, outcome)
-                        beat.discard(key)
-    except BaseException:
-        for ref, claimed in in_flight.items():
-            ray.cancel(ref, force=True)
-            for config in claimed:
-                store.release(config.key(), owner)
-        raise
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _store_ray_result(ray: Any, ref: Any, configs: list[RunConfig], store: ResultStore,
-                      owner: str) -> list[tuple[str, str]]:
-    try:
-        out = ray.get(ref)
-    except Exception:  # the task itself died (worker crash, out of memory): failed runs, not a failed sweep
-        error = traceback.format_exc()
-        for config in configs:
-            store.fail(config, owner, error)
-        return [(c.key(), "failed") for c in configs]
-    if "error" in out:
-        for config in configs:
-            store.fail(config, owner, out["error"], seconds=out["seconds"], device=out["device"])
-        return [(c.key(), "failed") for c in configs]
-    outcomes = []
-    for d in out["results"]:
-        if "status" not in d:  # this run raised
-            config = RunConfig.from_dict(d["config"])
-            store.fail(config, owner, d["error"], seconds=out["seconds"], device=out["device"])
-            outcomes.append((config.key(), "failed"))
-            continue
-        result = _result_from_dict(d)
-        stored = store.finish(result, owner, device=out["device"], versions=out["versions"])
-        outcomes.append((result.config.key(), result.status if stored else "busy"))
-    return outcomes
 
 
 # -- the sweep ------------------------------------------------------------------------------------
@@ -628,7 +322,9 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if backend == "ray":
-        _import_ray()  # fail before touching the store
+        from .ray_backend import import_ray
+
+        import_ray()  # fail before touching the store
     imports = resolve_imports(imports)
     import_plugins(imports)  # here first: a missing file fails before any worker starts
     todo = _as_configs(configs)
@@ -670,7 +366,9 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
             if not tasks:
                 pass
             elif backend == "ray":
-                _run_ray(tasks, store, record, workers=workers, threads=threads, address=address,
+                from .ray_backend import run_ray
+
+                run_ray(tasks, store, record, workers=workers, threads=threads, address=address,
                          data_dir=data_dir, device=device, retry_failed=retry_failed, imports=imports)
             elif workers == 1:
                 owner = owner_id()
@@ -680,7 +378,9 @@ def run_sweep(configs: Iterable[RunConfig | dict[str, Any]], db_path: str | os.P
                                                       retry_failed=retry_failed, progress=progress):
                             record(key, outcome)
             else:
-                _run_local_pool(tasks, store, record, workers=workers, threads=threads, data_dir=data_dir,
+                from .local_backend import run_local_pool
+
+                run_local_pool(tasks, store, record, workers=workers, threads=threads, data_dir=data_dir,
                                 device=device, retry_failed=retry_failed, imports=imports, say=say)
         summary.failures = group_failures(store.rows(failed_keys, status="failed"))
     summary.seconds = time.perf_counter() - start
