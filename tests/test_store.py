@@ -205,3 +205,37 @@ def test_large_curves_and_extras_are_stored_compressed_and_read_back(tmp_path):
         assert store.rows() == before
         assert store.conn.execute("SELECT typeof(extras) FROM runs WHERE key = ?",
                                   (big.config.key(),)).fetchone() == ("blob",)
+
+
+def test_rows_store_the_resolved_config_and_old_databases_are_converted_once(tmp_path):
+    """Version 2 rows hold what ran (model and recipe values filled in: what the key hashes); a version
+    0/1 database, whose rows hold the config as written, converts when opened for writing, not reading."""
+    import json
+
+    from gradreg.store import SCHEMA_VERSION
+
+    config = RunConfig(dataset="digits", terms=(("spectreg", 0.01),), overrides=(("steps", 7),))
+    with ResultStore(tmp_path / "new.db") as store:
+        assert store.claim(config, "me")
+        store.finish(_result(config), "me")
+        row = store.get(config.key())
+    assert row["config"]["model"] == "lenet5" and row["config"]["recipe"]["steps"] == 7
+    assert RunConfig.from_dict(row["config"]).key() == config.key() == row["key"]
+
+    old = tmp_path / "old.db"
+    with ResultStore(old) as store:
+        assert store.claim(config, "me")
+        store.finish(_result(config), "me")
+    conn = sqlite3.connect(old)  # as a version-1 gradreg wrote it
+    conn.execute("UPDATE runs SET config = ?", (json.dumps(config.to_dict()),))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    before = old.read_bytes()
+    with ResultStore(old, readonly=True) as store:
+        assert store.get(config.key())["config"]["model"] is None  # read as it is
+    assert old.read_bytes() == before
+    with ResultStore(old) as store:
+        row = store.get(config.key())
+    assert row["config"] == json.loads(json.dumps(config.resolved_dict())) and row["key"] == config.key()
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

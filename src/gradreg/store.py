@@ -47,8 +47,11 @@ __all__ = ["ResultStore", "SCHEMA_VERSION", "STATUSES", "StoreError", "owner_id"
 STATUSES = ("running", "done", "diverged", "failed")
 # The layout of the runs table, kept in SQLite's user_version: a database of a newer layout is refused,
 # never written (a newer gradreg may give its rows meanings this one would miscount or overwrite).
-# 0 is a database written before the version was recorded; its layout is version 1's.
-SCHEMA_VERSION = 1
+# 0 is a database written before the version was recorded; its layout is version 1's. Version 2 stores
+# each row's resolved config (model and recipe values filled in: RunConfig.resolved_dict, what the key
+# hashes); a version 0/1 database is converted when a sweep opens it for writing (_upgrade), never when
+# it is only read.
+SCHEMA_VERSION = 2
 FINISHED = ("done", "diverged")
 DEFAULT_STALE_AFTER = 300.0
 
@@ -270,7 +273,23 @@ class ResultStore:
                 tx.execute(statement)
             if new:  # only a database made here: opening an existing one (a committed one) changes no byte
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif tx.execute("PRAGMA user_version").fetchone()[0] < 2:
+                self._upgrade(tx)
         return conn
+
+    def _upgrade(self, tx: sqlite3.Connection) -> None:
+        """Version 0/1 -> 2: each row's config becomes its resolved config, in one transaction. A row whose
+        config does not give back its own key (another gradreg's recipe) keeps its config as it is."""
+        from .train import RunConfig
+
+        for key, config in tx.execute("SELECT key, config FROM runs").fetchall():
+            try:
+                resolved = RunConfig.from_dict(json.loads(config))
+            except (TypeError, ValueError):
+                continue
+            if resolved.key() == key:
+                tx.execute("UPDATE runs SET config = ? WHERE key = ?", (to_json(resolved.resolved_dict()), key))
+        tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_schema(self) -> None:
         """Refuse a database written by a newer gradreg, or by another program (tables, but no runs table
@@ -374,7 +393,7 @@ class ResultStore:
             conn.execute(
                 "INSERT OR REPLACE INTO runs (key, config, status, owner, heartbeat, started, versions) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                (key, to_json(config.to_dict()), owner, now, now, to_json(runtime_versions())))
+                (key, to_json(config.resolved_dict()), owner, now, now, to_json(runtime_versions())))
         return True
 
     def heartbeat(self, key: str, owner: str) -> bool:
@@ -401,7 +420,7 @@ class ResultStore:
             conn.execute(
                 "UPDATE runs SET config = ?, status = ?, metrics = ?, curve = ?, extras = ?, error = ?, "
                 "seconds = ?, heartbeat = ?, finished = ?, versions = ?, device = ? WHERE key = ?",
-                (to_json(result.config.to_dict()), result.status, to_json(result.metrics), to_packed(result.curve),
+                (to_json(result.config.resolved_dict()), result.status, to_json(result.metrics), to_packed(result.curve),
                  to_packed(result.extras), result.error, float(result.seconds), now, now,
                  to_json(versions if versions is not None else runtime_versions()), device, key))
         return True

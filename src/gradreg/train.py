@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -23,7 +24,7 @@ from . import data as data_mod
 from .models import create_model, use_dropout_stream
 from .numerics import flush_denormal as _flush_denormal
 from .objective import Objective, paper_weight
-from .recipes import Recipe, get_recipe
+from .recipes import RECIPES, Recipe, get_recipe
 from .registry import MetadataView
 from .regularizers import get_regularizer
 
@@ -102,22 +103,48 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """The config of ``to_dict()`` or of ``resolved_dict()`` (a results row): the latter names its
+        recipe by its values, and gets back the registered recipe those values and overrides come from."""
         d = dict(d)
         d["overrides"] = tuple(dict(d.get("overrides", {})).items())
         d["terms"] = tuple(tuple(t) for t in d.get("terms", ()))
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown run config key(s): {', '.join(unknown)}")
+        if isinstance(d.get("recipe"), dict):
+            return cls._from_resolved(d)
         return cls(**d)
 
+    @classmethod
+    def _from_resolved(cls, d: dict[str, Any]) -> "RunConfig":
+        want = _canonical(d | {"overrides": dict(d["overrides"]), "terms": [list(t) for t in d["terms"]]})
+        # The dataset's own model and recipe first: a config leaves those unset unless it chose others.
+        for model, recipe in itertools.product((None, d["model"]), (None, *sorted(RECIPES))):
+            try:
+                candidate = cls(**(d | {"model": model, "recipe": recipe}))
+            except (TypeError, ValueError):
+                continue
+            if _canonical(candidate.resolved_dict()) == want:
+                return candidate
+        raise ValueError(f"a stored run config whose recipe values match no registered recipe with its "
+                         f"overrides: {d['recipe']}")
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """What the run is: ``to_dict()`` with the model's name and the recipe's values filled in. Results
+        rows store it, and :meth:`key` hashes exactly it, so a row says what ran even after a recipe's
+        or a dataset's defaults change."""
+        return self.to_dict() | {"model": self.model_name, "recipe": dataclasses.asdict(self.resolved_recipe())}
+
     def key(self) -> str:
-        """A stable hash of the fully resolved config: the run's identity in the results store."""
-        resolved = self.to_dict() | {"model": self.model_name,
-                                     "recipe": dataclasses.asdict(self.resolved_recipe())}
-        return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of :meth:`resolved_dict`: the run's identity in the results store."""
+        return hashlib.sha256(_canonical(self.resolved_dict()).encode()).hexdigest()[:16]
 
     def seed_for(self, stream: str) -> int:
         return int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:7], "little")
+
+
+def _canonical(d: dict[str, Any]) -> str:
+    return json.dumps(d, sort_keys=True)
 
 
 @dataclass
@@ -131,7 +158,7 @@ class RunResult:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "key": self.config.key(), "status": self.status,
+        return {"config": self.config.resolved_dict(), "key": self.config.key(), "status": self.status,
                 "metrics": self.metrics, "curve": self.curve, "extras": self.extras,
                 "seconds": self.seconds, "error": self.error}
 
