@@ -174,7 +174,7 @@ def _figure_curves(experiment, stats, store, out_dir):
 def _sin_fits(ax, store, fits, zoom=None):
     """Draw SIN fits, ``fits`` a list of (label, run key), with the training points of the first one
     found and the true function; runs without a stored fit are skipped."""
-    grid = [-1 + 2 * i / 899 for i in range(900)]  # the SIN test grid (data.py)
+    grid = [-1 + 2 * i / 899 for i in range(900)]  # the SIN test grid (gradreg.data.synthetic)
     plotted_train = False
     for i, (label, key) in enumerate(fits):
         row = store.get(key)
