@@ -51,6 +51,27 @@ def _step_fn(model: torch.nn.Module, x, y, config: RunConfig):
     return step
 
 
+def _subnormal_share(model: torch.nn.Module, x, y) -> float:
+    """The share of float32 values that are subnormal in one unflushed DataGrad step: every module's
+    output and output gradient, the parameters and their gradients."""
+    tensors: list[torch.Tensor] = []
+
+    def keep(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            tensors.append(output.detach().clone())
+            if output.requires_grad:
+                output.register_hook(lambda g: tensors.append(g.detach().clone()))
+    handles = [m.register_forward_hook(keep) for m in model.modules() if m is not model]
+    with flush_denormal(False):
+        _step_fn(model, x, y, _config((("datagrad", 50.0),)))()
+    for h in handles:
+        h.remove()
+    tensors += [p.detach() for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    tiny = torch.finfo(torch.float32).tiny
+    sub = sum(int(((t != 0) & (t.abs() < tiny)).sum()) for t in tensors)
+    return sub / sum(t.numel() for t in tensors)
+
+
 def part_steps(ds, args) -> None:
     print(f"training LeNet-5 for {args.train_steps} steps (DataGrad 50, flushed) ...", flush=True)
     trained = train(_config((("datagrad", 50.0),), steps=args.train_steps, eval_points=1), dataset=ds,
@@ -74,6 +95,10 @@ def part_steps(ds, args) -> None:
                     step()
                 times[key].append((time.process_time() - t0) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
+    for state, model in (("fresh", fresh), ("trained", trained)):
+        share = _subnormal_share(copy.deepcopy(model), x, y)
+        print(f"{state}: subnormal floats among one DataGrad step's activations, gradients and parameters, "
+              f"not flushed: {100 * share:.3f}%")
     print(f"\nCPU ms per step, median of {args.rounds} rounds x {args.steps} steps, {torch.get_num_threads()} thread(s)")
     head = " | ".join(f"{s}, {'flushed' if f else 'not flushed'}" for s in ("fresh", "trained") for f in args.flush)
     print(f"| term | {head} |\n|---|{'---|' * (2 * len(args.flush))}")
