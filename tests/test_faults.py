@@ -359,7 +359,7 @@ _CLI_CASES = {
     "lr infinite": (["train", "--set", "lr=inf"], "lr=inf: must be a finite number"),
     "steps fractional": (["train", "--set", "steps=1.5"], "would be truncated to 1"),
     "batch mode unknown": (["train", "--batch-mode", "foo", "--reg", "spectreg=0.01"], "--batch-mode must be"),
-    "batch mode without a term": (["train", "--batch-mode", "sample"], "no --reg is given"),
+    "batch mode without a term": (["train", "--batch-mode", "sample"], "no --term is given"),
     "confidence penalty on regression": (["train", "--dataset", "sin", "--reg", "confidence_penalty=1"],
                                          "zero by construction"),
     "image model on sin": (["train", "--dataset", "sin", "--model", "lenet5"], "lenet5 needs image inputs"),

@@ -120,7 +120,7 @@ class Cell:
         """The λ ``runs(lambdas="paper")`` uses: the paper's, else the documented stand-in."""
         return self.paper_lambda if self.paper_lambda is not None else self.fallback_lambda
 
-    def run(self, lam: float | None, seed: int) -> RunConfig:
+    def config_for(self, lam: float | None, seed: int) -> RunConfig:
         """The cell's config with ``term`` at ``lam`` added to its terms (λ = 0: left out) and ``seed``."""
         if self.term is None:
             if lam:
@@ -130,6 +130,10 @@ class Cell:
             raise ValueError(f"cell ({self.row!r}, {self.column!r}) needs a λ for {self.term}")
         terms = self.config.terms + (((self.term, float(lam)),) if lam > 0 else ())
         return dataclasses.replace(self.config, terms=terms, seed=seed)
+
+    def run(self, lam: float | None, seed: int) -> RunConfig:
+        """Deprecated name of :meth:`config_for` (it runs nothing); kept for callers."""
+        return self.config_for(lam, seed)
 
 
 @dataclass(frozen=True)
@@ -294,10 +298,10 @@ class Experiment:
         """``runs`` with each run's cell and λ attached."""
         n = self._n_seeds(seeds, smoke)
         if lambdas == "paper":
-            out = [PlannedRun(c, c.lambda_for_paper_mode, s, c.run(c.lambda_for_paper_mode, s))
+            out = [PlannedRun(c, c.lambda_for_paper_mode, s, c.config_for(c.lambda_for_paper_mode, s))
                    for s in range(n) for c in self.cells]
         elif lambdas == "grid":
-            out = [PlannedRun(c, lam, s, c.run(lam, s))
+            out = [PlannedRun(c, lam, s, c.config_for(lam, s))
                    for s in range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + n) for c in self.cells for lam in c.grid]
         else:
             raise ValueError(f"lambdas must be 'paper' or 'grid', got {lambdas!r}")
@@ -326,7 +330,7 @@ class Experiment:
                              f"missing {missing}, not tuned here {unknown}")
         n = self._n_seeds(seeds, smoke)
         lam = {c.key: best[c.key] if c.tuned else c.lambda_for_paper_mode for c in self.cells}
-        out = [PlannedRun(c, lam[c.key], s, c.run(lam[c.key], s)) for s in range(n) for c in self.cells]
+        out = [PlannedRun(c, lam[c.key], s, c.config_for(lam[c.key], s)) for s in range(n) for c in self.cells]
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
     def select_runs(self, best: dict[tuple[str, str], float], *, seeds: int | None = None,

@@ -157,7 +157,7 @@ def _figure_curves(experiment, stats, store, out_dir):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, cell in enumerate(experiment.cells):
         lam = cell.lambda_for_paper_mode
-        keys = [cell.run(lam, s).key() for s in range(experiment.seeds)]
+        keys = [cell.config_for(lam, s).key() for s in range(experiment.seeds)]
         rows = [r for r in store.rows(keys=keys, status="done") if r.get("curve")]
         for j, r in enumerate(rows):
             steps = [p["step"] for p in r["curve"] if "test_acc" in p]
@@ -199,7 +199,7 @@ def _sin_fits(ax, store, fits, zoom=None):
 def _figure_sin(experiment, stats, store, out_dir):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    _sin_fits(ax, store, [(f"λ={st.lam or 0.0:g}", st.cell.run(st.lam, 0).key()) for st in stats])
+    _sin_fits(ax, store, [(f"λ={st.lam or 0.0:g}", st.cell.config_for(st.lam, 0).key()) for st in stats])
     ax.set_title(experiment.title + " (seed 0)", fontsize=10)
     return fig
 

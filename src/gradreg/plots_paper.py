@@ -38,8 +38,8 @@ def figure4_panels(experiment: Experiment, store: ResultStore, seeds: int | None
     panels = []
     for row in experiment.rows:
         cells = [c for c in experiment.cells if c.row == row]
-        planned = {cells[0].run(0.0, s).key(): (0.0, s) for s in range(n)}
-        planned.update({c.run(c.lambda_for_paper_mode, s).key(): (c.lambda_for_paper_mode, s)
+        planned = {cells[0].config_for(0.0, s).key(): (0.0, s) for s in range(n)}
+        planned.update({c.config_for(c.lambda_for_paper_mode, s).key(): (c.lambda_for_paper_mode, s)
                         for c in cells for s in range(n)})
         live: dict[float, list] = {}
         dead: dict[float, list[int]] = {}
@@ -146,7 +146,7 @@ def sin_dev_choice(store: ResultStore, seeds: int = 10) -> tuple[float, dict[flo
     means = {}
     for cell in get_experiment("table7").cells:
         lam = cell.lambda_for_paper_mode or 0.0  # Table 7's λ = 0 cell is a plain baseline (λ None)
-        keys = [cell.run(cell.lambda_for_paper_mode, s).key() for s in range(seeds)]
+        keys = [cell.config_for(cell.lambda_for_paper_mode, s).key() for s in range(seeds)]
         dev = [r["metrics"]["dev_mse"] for r in store.rows(keys=keys, status="done") if "dev_mse" in r["metrics"]]
         if dev:
             means[lam] = statistics.fmean(dev)
@@ -167,9 +167,9 @@ def figure6(experiment: Experiment, store: ResultStore):
     lams.append((paper_lam, f"SpectReg λ={paper_lam:g} (the paper's Table 7 optimum)"))
     fits = []
     for lam, label in lams:
-        row = store.get(cell.run(lam, 0).key())
+        row = store.get(cell.config_for(lam, 0).key())
         mse = (row or {}).get("metrics", {}).get("test_mse") if row and row["status"] == "done" else None
-        fits.append((label + (f": test MSE {mse * 1e5:.0f}e-5" if mse is not None else ""), cell.run(lam, 0).key()))
+        fits.append((label + (f": test MSE {mse * 1e5:.0f}e-5" if mse is not None else ""), cell.config_for(lam, 0).key()))
     _sin_fits(ax, store, fits, zoom=(0.1, 0.5))
     picked = f"dev-picked λ={choice[0]:g}" if choice else "no dev-picked λ (no runs)"
     ax.set_title(f"SIN, x in [0.1, 0.5], seed 0: the unregularized fit, SpectReg at the {picked} and at the "

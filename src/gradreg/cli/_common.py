@@ -103,6 +103,26 @@ def _existing_store(db: Path, experiment: str):
     return ResultStore(db, readonly=True)  # reading never writes: a read-only copy or folder works
 
 
-LAMBDAS_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); grid: phase 1 "
-                "of the λ selection (every grid λ on dev seeds); selected: phase 2 (the λ with the best mean "
-                "dev metric, on test seeds)")
+PHASE_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); grid: phase 1 "
+              "of the λ selection (every grid λ on dev seeds); selected: phase 2 (the λ with the best mean "
+              "dev metric, on test seeds)")
+LAMBDAS_HELP = PHASE_HELP  # the option's help under its old name, for importers
+
+
+def _phase_option(help: str = PHASE_HELP):
+    return typer.Option("paper", "--phase", help=help)
+
+
+def _lambdas_option():
+    """``--lambdas``: the old spelling of ``--phase``, kept working for scripts, hidden from --help."""
+    return typer.Option(None, "--lambdas", hidden=True, help="the old spelling of --phase")
+
+
+def _phase(phase: str, lambdas: Optional[str], allowed: tuple[str, ...] = ("paper", "grid", "selected")) -> str:
+    """The phase given as ``--phase`` or its old spelling ``--lambdas``; errors name the spelling used."""
+    flag, given = ("--lambdas", lambdas) if lambdas is not None else ("--phase", phase)
+    if lambdas is not None and phase not in ("paper", lambdas):
+        _fail(f"--phase {phase} and --lambdas {lambdas} disagree; give --phase alone (--lambdas is its old spelling)")
+    if given not in allowed:
+        _fail(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {given!r}")
+    return given

@@ -7,24 +7,22 @@ from typing import List, Optional
 import typer
 
 from ._common import (
-    DB_HELP, EXPERIMENT_HELP, LAMBDAS_HELP, SET_HELP, _db, _dev_seeds_option, _experiment, _fail, _parse_pairs,
-    _row_option, _window_option, app,
+    DB_HELP, EXPERIMENT_HELP, SET_HELP, _db, _dev_seeds_option, _experiment, _fail, _lambdas_option, _parse_pairs,
+    _phase, _phase_option, _row_option, _window_option, app,
 )
 
 
-def _plan(exp, lambdas: str, seeds: Optional[int], smoke: bool, db: Path, dev_seeds: Optional[int] = None):
+def _plan(exp, phase: str, seeds: Optional[int], smoke: bool, db: Path, dev_seeds: Optional[int] = None):
     """The runs of one sweep phase (gradreg.selection.plan_phase); 'selected' needs phase 1 (the grid on
     dev seeds) in ``db``."""
     from ..selection import plan_phase
     from ..store import ResultStore
 
-    if lambdas not in ("paper", "grid", "selected"):
-        _fail(f"--lambdas must be paper, grid or selected, got {lambdas!r}")
     try:
-        if lambdas != "selected":
-            return plan_phase(exp, None, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)[0]
+        if phase != "selected":
+            return plan_phase(exp, None, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)[0]
         with ResultStore(db, readonly=True) as store:
-            plan, best = plan_phase(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
+            plan, best = plan_phase(exp, store, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
     except ValueError as e:
         _fail(str(e))
     typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
@@ -43,13 +41,15 @@ def _refuse_smoke_beside_full_runs(db: Path) -> None:
 
 
 @app.command()
-def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
+def experiments(phase: str = _phase_option(),
+                lambdas: Optional[str] = _lambdas_option(),
                 seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)"),
                 grid_window: Optional[int] = _window_option(),
                 db: Optional[Path] = typer.Option(
                     None, help="count finished runs in this database (default: each experiment's own, "
                                "results/<dataset>.db, where it exists)")):
     """List the named experiments (the paper's tables and figures) with their size, cost and progress."""
+    phase = _phase(phase, lambdas)
     from ..experiments import EXPERIMENTS, estimate_run_seconds
     from ..store import ResultStore
 
@@ -57,7 +57,7 @@ def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
     typer.echo(f"{'name':26s} {'runs':>6s} {'done':>6s} {'est. CPU h':>10s} {'left':>6s}  title")
     for name, exp in EXPERIMENTS.items():
         exp = exp.with_grid_window(grid_window)
-        mode = "paper" if lambdas == "selected" else lambdas
+        mode = "paper" if phase == "selected" else phase
         runs = exp.runs(lambdas=mode, seeds=seeds)
         hours = sum(map(estimate_run_seconds, runs)) / 3600
         path = _db(db, exp)
@@ -78,7 +78,8 @@ def experiments(lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
 @app.command()
 def sweep(
     experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
-    lambdas: str = typer.Option("paper", help=LAMBDAS_HELP),
+    phase: str = _phase_option(),
+    lambdas: Optional[str] = _lambdas_option(),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's, 10)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
@@ -99,6 +100,7 @@ def sweep(
     progress: bool = typer.Option(True),
 ):
     """Run an experiment's runs into the database, skipping those already there (resumable)."""
+    phase = _phase(phase, lambdas)
     from ..sweep import default_workers, run_sweep
     from ..validate import check_device, check_overrides
 
@@ -112,11 +114,11 @@ def sweep(
     if smoke:
         _refuse_smoke_beside_full_runs(db)
     try:
-        plan = _plan(exp, lambdas, seeds, smoke, db, dev_seeds)
+        plan = _plan(exp, phase, seeds, smoke, db, dev_seeds)
     except ValueError as e:  # e.g. --seeds outside [1, DEV_SEED_OFFSET)
         _fail(str(e))
     n_workers = workers or default_workers(device)
-    typer.echo(f"{exp.name}: {len(plan)} runs ({lambdas} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
+    typer.echo(f"{exp.name}: {len(plan)} runs ({phase} λ), database {db}, {n_workers} worker(s) x {threads} thread(s)")
     try:
         summary = run_sweep([p.config for p in plan], db, workers=n_workers, threads=threads, backend=backend,
                             address=address, data_dir=data_dir, device=device, retry_failed=retry_failed,

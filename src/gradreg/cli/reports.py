@@ -9,12 +9,12 @@ import typer
 
 from ._common import (
     DB_HELP, EXPERIMENT_HELP, RESULTS_DIR, SET_HELP, _against_option, _db, _dev_seeds_option, _existing_store,
-    _experiment, _fail, _paired_option, _row_option, _window_option, app,
+    _experiment, _fail, _lambdas_option, _paired_option, _phase, _phase_option, _row_option, _window_option, app,
 )
 
 
-def _check_grid_options(lambdas: str, against: str | None, paired: bool) -> None:
-    if lambdas == "grid" and (against or paired):
+def _check_grid_options(phase: str, against: str | None, paired: bool) -> None:
+    if phase == "grid" and (against or paired):
         _fail(f"{'--against' if against else '--paired'} is for the paper or selected phase; the grid phase "
               "compares each λ with the chosen one, paired over the dev seeds")
 
@@ -22,8 +22,9 @@ def _check_grid_options(lambdas: str, against: str | None, paired: bool) -> None
 @app.command()
 def report(
     experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
-    lambdas: str = typer.Option("paper", help="paper, selected (the λ chosen on the dev set, on test seeds) "
-                                              "or grid (phase 1: the dev metric of every grid λ, and the choice)"),
+    phase: str = _phase_option("paper, selected (the λ chosen on the dev set, on test seeds) "
+                               "or grid (phase 1: the dev metric of every grid λ, and the choice)"),
+    lambdas: Optional[str] = _lambdas_option(),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
@@ -37,30 +38,31 @@ def report(
     smoke: bool = typer.Option(False, help="report a --smoke sweep"),
 ):
     """Print an experiment's table: ours mean (std) n beside the paper's, with significance."""
+    phase = _phase(phase, lambdas)
     from ..report import markdown_grid_table, markdown_table, write_csv, write_grid_csv
     from ..selection import collect, dev_seed_count, grid_stats
 
     exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp, smoke=smoke)
-    if lambdas == "grid" and smoke:
+    if phase == "grid" and smoke:
         _fail("--smoke reports the paper or selected phase, not the grid")
-    _check_grid_options(lambdas, against, paired)
+    _check_grid_options(phase, against, paired)
     with _existing_store(db, experiment) as store:
         try:
-            if lambdas == "grid":
+            if phase == "grid":
                 stats, chosen = grid_stats(exp, store, seeds=dev_seed_count(seeds, dev_seeds))
             else:
-                stats = collect(exp, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke,
+                stats = collect(exp, store, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke,
                                 paired=paired)
         except ValueError as e:
             _fail(str(e))
-    text = markdown_grid_table(exp, stats, chosen) if lambdas == "grid" else markdown_table(exp, stats)
+    text = markdown_grid_table(exp, stats, chosen) if phase == "grid" else markdown_table(exp, stats)
     typer.echo(text)
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(text)
     if csv:
-        if lambdas == "grid":
+        if phase == "grid":
             write_grid_csv(exp, stats, chosen, csv)
         else:
             write_csv(exp, stats, csv)
@@ -69,8 +71,9 @@ def report(
 @app.command()
 def plot(
     experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
-    lambdas: str = typer.Option("paper", help="paper, selected, or grid (phase 1: dev metric against λ, "
-                                              "drawn as <experiment>_dev)"),
+    phase: str = _phase_option("paper, selected, or grid (phase 1: dev metric against λ, "
+                               "drawn as <experiment>_dev)"),
+    lambdas: Optional[str] = _lambdas_option(),
     seeds: Optional[int] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     grid_window: Optional[int] = _window_option(),
@@ -82,14 +85,15 @@ def plot(
     out: Path = typer.Option(Path("results") / "figures", help="folder for the PNG and SVG files"),
 ):
     """Draw an experiment's figure (PNG and SVG) from the database."""
+    phase = _phase(phase, lambdas)
     from ..plots import plot_experiment
 
     exp = _experiment(experiment, set_, grid_window, row, against)
     db = _db(db, exp)
-    _check_grid_options(lambdas, against, paired)
+    _check_grid_options(phase, against, paired)
     with _existing_store(db, experiment) as store:
         try:
-            paths = plot_experiment(exp, store, out, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds,
+            paths = plot_experiment(exp, store, out, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds,
                                     paired=paired)
         except ValueError as e:
             _fail(str(e))
@@ -158,19 +162,19 @@ def compare(
     db_a: Path = typer.Argument(..., help="results database A (e.g. runs trained with one setting)"),
     db_b: Path = typer.Argument(..., help="results database B (the same runs trained with another)"),
     experiment: str = typer.Argument(..., help=EXPERIMENT_HELP),
-    lambdas: str = typer.Option("paper", help="paper or grid (selected needs a λ choice: use report)"),
+    phase: str = _phase_option("paper or grid (selected needs a λ choice: use report)"),
+    lambdas: Optional[str] = _lambdas_option(),
     seeds: Optional[int] = typer.Option(None, help="runs per cell (default: the experiment's)"),
     metric: str = typer.Option("test_acc", help="the metric compared (a key of the runs' metrics)"),
     markdown: Optional[Path] = typer.Option(None, help="also write the table as Markdown here"),
 ):
     """Pair an experiment's runs finished in two databases by run key: what an execution setting
     (subnormal flushing, threads, machine) does to the numbers, seed by seed, and to the time."""
+    phase = _phase(phase, lambdas, ("paper", "grid"))
     from ..compare import compare_stores, markdown_comparison
 
     exp = _experiment(experiment, [], None, [], None)
-    if lambdas not in ("paper", "grid"):
-        _fail(f"--lambdas must be paper or grid, got {lambdas!r}")
-    plan = exp.plan(lambdas=lambdas, seeds=seeds)
+    plan = exp.plan(lambdas=phase, seeds=seeds)
     with _existing_store(db_a, experiment) as a, _existing_store(db_b, experiment) as b:
         try:
             text = markdown_comparison(compare_stores(plan, a, b, metric), str(db_a), str(db_b))

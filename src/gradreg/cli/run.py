@@ -18,8 +18,8 @@ def _check_term_options(terms: list, batch_mode: str, n_projections: int) -> Non
         raise ValueError(f"--n-projections must be >= 1, got {n_projections}")
     if not terms and (batch_mode != "batch" or n_projections != 1):
         given = "--batch-mode" if batch_mode != "batch" else "--n-projections"
-        raise ValueError(f"{given} configures the gradient-regularization terms, and no --reg is given; add "
-                         "one (e.g. --reg spectreg=0.03) or drop the option")
+        raise ValueError(f"{given} configures the gradient-regularization terms, and no --term is given; add "
+                         "one (e.g. --term spectreg=0.03) or drop the option")
 
 
 @app.command()
@@ -31,7 +31,9 @@ def train(
     batchnorm: bool = typer.Option(False, help="BatchNorm in the model (Table 1)"),
     recipe: Optional[str] = typer.Option(None, help="recipe name (default: the dataset's)"),
     set_: List[str] = typer.Option([], "--set", help="recipe override KEY=VALUE, e.g. --set weight_decay=0"),
-    reg: List[str] = typer.Option([], "--reg", help="regularizer NAME=LAMBDA, repeatable, e.g. --reg spectreg=0.03"),
+    term: List[str] = typer.Option([], "--term", help="a gradient-regularization term NAME=LAMBDA, repeatable, "
+                                                       "e.g. --term spectreg=0.03"),
+    reg: List[str] = typer.Option([], "--reg", hidden=True, help="the old spelling of --term"),
     convention: str = typer.Option("paper", help="λ convention: 'paper' (as the paper's tables) or 'gradreg'"),
     batch_mode: str = typer.Option("batch", help="'batch' (paper's form) or 'sample' (exact per-sample)"),
     n_projections: int = typer.Option(1, help="random projections averaged per step"),
@@ -58,7 +60,7 @@ def train(
         overrides.setdefault("eval_points", "2")
     try:
         import_plugins(imports)
-        terms = [(n, float(w)) for n, w in _parse_pairs(reg, "--reg")]
+        terms = [(n, float(w)) for n, w in _parse_pairs(term, "--term") + _parse_pairs(reg, "--reg")]
         _check_term_options(terms, batch_mode, n_projections)
         config = RunConfig(dataset=dataset, train_size=train_size, model=model, batchnorm=batchnorm,
                            recipe=recipe, overrides=tuple(overrides.items()), terms=tuple(terms),
