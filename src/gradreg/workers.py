@@ -174,19 +174,17 @@ class WorkerPool:
                 w.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
-        for w in self._workers:
-            w.proc.join(timeout=10)
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join()
-            w.conn.close()
-        self._workers = []
+        self._reap()
 
     def terminate(self) -> None:
         """End every worker now (SIGTERM, then SIGKILL after 10 s), mid-task or not."""
         for w in self._workers:
             if w.proc.is_alive():
                 w.proc.terminate()
+        self._reap()
+
+    def _reap(self) -> None:
+        """Wait up to 10 s for each worker to end, SIGKILL the ones that do not, close their pipes."""
         for w in self._workers:
             w.proc.join(timeout=10)
             if w.proc.is_alive():
