@@ -29,14 +29,15 @@ lambda = 0.003
 """
 
 
-def _fill(path, plan, acc, seconds):
+def _fill(path, plan, acc, seconds, cpu=None):
     owner = owner_id()
     with ResultStore(path) as store:
         for p in plan:
             if (p.cell.row, p.config.seed) in acc:
                 assert store.claim(p.config, owner)
                 store.finish(RunResult(config=p.config, status="done", seconds=seconds,
-                                       metrics={"test_acc": acc[(p.cell.row, p.config.seed)]}), owner)
+                                       metrics={"test_acc": acc[(p.cell.row, p.config.seed)]},
+                                       extras={} if cpu is None else {"cpu_seconds": cpu}), owner)
 
 
 def test_pairs_by_key_with_interval_and_times(tmp_path):
@@ -55,6 +56,12 @@ def test_pairs_by_key_with_interval_and_times(tmp_path):
     text = markdown_comparison([base, spect], "a", "b")
     assert "| Baseline / digits | 3 | 91.000 | 91.000 | +0.000 [+0.000, +0.000] | 0.000 | 3/3 |" in text
     assert "| 30 | 10 | 3.00x |" in text
+
+    # CPU seconds where both sides stored them: load on the machine does not inflate them
+    _fill(tmp_path / "c.db", plan, a, seconds=30.0, cpu=8.0)
+    _fill(tmp_path / "d.db", plan, b, seconds=90.0, cpu=4.0)
+    with ResultStore(tmp_path / "c.db") as sc, ResultStore(tmp_path / "d.db") as sd:
+        assert "| 8 CPU | 4 CPU | 2.00x |" in markdown_comparison(compare_stores(plan, sc, sd), "c", "d")
 
     out = CliRunner().invoke(app, ["compare", str(tmp_path / "a.db"), str(tmp_path / "b.db"),
                                    str(tmp_path / "s.toml"), "--metric", "test_mse"])

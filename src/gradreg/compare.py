@@ -29,6 +29,8 @@ class PairedCell:
     b: dict[int, float]
     seconds_a: list[float]
     seconds_b: list[float]
+    cpu_a: list[float] = ()                  # extras.cpu_seconds where the runs stored it
+    cpu_b: list[float] = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -69,13 +71,21 @@ def compare_stores(plan: Iterable[PlannedRun], a: ResultStore, b: ResultStore,
             a={p.config.seed: rows_a[p.config.key()]["metrics"][metric] for p in both},
             b={p.config.seed: rows_b[p.config.key()]["metrics"][metric] for p in both},
             seconds_a=[rows_a[p.config.key()]["seconds"] for p in both],
-            seconds_b=[rows_b[p.config.key()]["seconds"] for p in both]))
+            seconds_b=[rows_b[p.config.key()]["seconds"] for p in both],
+            cpu_a=_cpu([rows_a[p.config.key()] for p in both]), cpu_b=_cpu([rows_b[p.config.key()] for p in both])))
     return out
+
+
+def _cpu(rows: list[dict]) -> list[float]:
+    """The runs' CPU seconds, or () unless every run stored them."""
+    cpu = [(r.get("extras") or {}).get("cpu_seconds") for r in rows]
+    return [] if None in cpu else cpu
 
 
 def markdown_comparison(cells: list[PairedCell], name_a: str, name_b: str) -> str:
     """A Markdown table: per cell, both means, the paired difference with its 95% interval, the largest
-    difference, how many pairs agree exactly, the paired t-test's p, and median seconds per run."""
+    difference, how many pairs agree exactly, the paired t-test's p, and median seconds per run (CPU
+    seconds where the runs stored them, wall seconds otherwise)."""
     metric = cells[0].metric if cells else "metric"
     lines = [f"A = {name_a}, B = {name_b}; {metric}, paired by run key (same config and seed)", "",
              "| cell | pairs | A | B | B − A (95% CI) | max abs(B − A) | identical | p (paired t) | s/run A | s/run B | A / B time |",
@@ -86,10 +96,13 @@ def markdown_comparison(cells: list[PairedCell], name_a: str, name_b: str) -> st
             continue
         d, ci, p = c.diffs, c.interval(), paired_p(c.a, c.b)
         ci_text = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-        sa, sb = statistics.median(c.seconds_a), statistics.median(c.seconds_b)
+        cpu = bool(c.cpu_a and c.cpu_b)
+        sa, sb = (statistics.median(c.cpu_a), statistics.median(c.cpu_b)) if cpu else \
+            (statistics.median(c.seconds_a), statistics.median(c.seconds_b))
         lines.append(
             f"| {c.label} | {len(d)} | {statistics.fmean(c.a[s] for s in c.seeds):.3f} | "
             f"{statistics.fmean(c.b[s] for s in c.seeds):.3f} | {statistics.fmean(d):+.3f}{ci_text} | "
             f"{max(abs(x) for x in d):.3f} | {sum(x == 0 for x in d)}/{len(d)} | "
-            f"{'' if p is None else f'{p:.2g}'} | {sa:.0f} | {sb:.0f} | {sa / sb:.2f}x |")
+            f"{'' if p is None else f'{p:.2g}'} | {sa:.0f}{' CPU' if cpu else ''} | {sb:.0f}{' CPU' if cpu else ''} | "
+            f"{sa / sb:.2f}x |")
     return "\n".join(lines)
