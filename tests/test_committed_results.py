@@ -125,3 +125,28 @@ def test_figure4_dead_runs_and_figure6_dev_choice_as_the_record_states():
     with ResultStore(RESULTS / "sin.db") as store:
         lam, dev = sin_dev_choice(store)
     assert lam == 0.001 and round(dev[0.001] * 1e3, 1) == 12.2 and round(dev[0] * 1e3, 1) == 14.0
+
+
+def test_cost_model_matches_the_measured_cpu_seconds_of_runs_within_20_percent():
+    """`gradreg experiments`' estimates against the CPU seconds the subnormal comparison's runs stored
+    (one thread, flushed: the harness's default), run by run."""
+    from gradreg.cost import estimate_run_seconds
+    from gradreg.store import ResultStore
+    from gradreg.train import RunConfig
+
+    with ResultStore(RESULTS / "flush" / "mnist.db", readonly=True) as store:
+        rows = [r for r in store.rows(status="done") if "cpu_seconds" in r["extras"]]
+    assert len(rows) >= 3
+    for r in rows:
+        estimate = estimate_run_seconds(RunConfig.from_dict(r["config"]))
+        assert abs(estimate / r["extras"]["cpu_seconds"] - 1) < 0.2, (r["config"]["terms"], estimate, r["extras"])
+
+
+def test_the_records_subnormal_comparison_is_what_gradreg_compare_makes():
+    out = CliRunner().invoke(app, ["compare", str(RESULTS / "flush" / "mnist_noflush.db"),
+                                   str(RESULTS / "flush" / "mnist.db"),
+                                   str(RESULTS / "specs" / "flush_denormal.toml"), "--seeds", "5"])
+    assert out.exit_code == 0, out.output
+    rows = [line for line in out.output.splitlines() if line.startswith("| ") and "/ mnist" in line]
+    record = (RESULTS / "REPRODUCTION.md").read_text()
+    assert len(rows) == 3 and all(row in record for row in rows)
