@@ -1,6 +1,6 @@
 """One baseline run of the scaled CIFAR-10 reproduction on a dev seed, with a dense learning curve.
 
-It fixes the step budget (results/cifar10_scaled.md): where the baseline's dev accuracy stops improving.
+It fixes the step budget (results/cifar10_scaled/README.md): where the baseline's dev accuracy stops improving.
 A dev seed (1000 + i) never shares a training subset, initialization or batch order with a test seed,
 so the budget is chosen without looking at test runs. Writes the curve as CSV (one row per eval point).
 

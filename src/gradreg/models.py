@@ -248,7 +248,7 @@ CPU_CHANNELS_LAST: dict[str, bool] = {"lenet5": True, "cifar_resnet": True, "cif
 
 
 # Scaled variants of the paper's ResNet (same block, stem and head; fewer filters and blocks), for
-# reproductions that must fit a CPU (results/cifar10_scaled.md): a third and a sixth of the paper's
+# reproductions that must fit a CPU (results/cifar10_scaled/README.md): a third and a sixth of the paper's
 # 48/96/192 filters, one block per level instead of three.
 SCALED_RESNETS: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar_resnet_s": ((16, 32, 64), 1),     # 78k parameters
