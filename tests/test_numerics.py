@@ -89,7 +89,7 @@ def test_sweep_worker_processes_flush_as_their_parent_says(tmp_path, monkeypatch
 @pytest.mark.parametrize("flag, expected", [([], True), (["--no-flush-denormal"], False)])
 def test_cli_train_flushes_its_thread_pool(flag, expected):
     env = {k: v for k, v in os.environ.items() if k != numerics.FLUSH_DENORMAL_ENV}
-    cmd = [sys.executable, "-m", "gradreg.cli", *flag, "train", "--dataset", "digits", "--set", "steps=4",
+    cmd = [sys.executable, "-m", "gradreg", *flag, "train", "--dataset", "digits", "--set", "steps=4",
            "--set", "eval_points=1", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env | {"OMP_NUM_THREADS": "2"})
     assert json.loads(out.stdout)["extras"]["flush_denormal"] is expected

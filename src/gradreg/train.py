@@ -305,7 +305,7 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
     recipe = config.resolved_recipe()
     ds = dataset if dataset is not None else data_mod.load_dataset(config.dataset, data_dir)
     idx = ds.subset_indices(config.train_size, config.seed_for("subset")).to(dev)
-    fmt = (torch.channels_last if use_channels_last(memory_format, dev, ds.x_pool.dim())
+    fmt = (torch.channels_last if use_channels_last(memory_format, dev, ds.x_pool.dim(), config.model_name)
            else torch.contiguous_format)
     x_pool, y_pool = ds.x_pool.to(dev, memory_format=fmt), ds.y_pool.to(dev)
     n_eval = config.max_eval

@@ -50,7 +50,3 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise
         typer.secho(f"error: {message} (--debug shows the traceback)", fg=typer.colors.RED, err=True)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""``python -m gradreg``: the gradreg command."""
+from .entry import main
+
+main()

@@ -1,0 +1,4 @@
+"""``python -m gradreg.cli``: the gradreg command."""
+from . import main
+
+main()
