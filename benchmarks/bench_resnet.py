@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import gradreg
-from gradreg.layers import BatchNorm2d, Conv2d, ReLU
+from gradreg.layers import stock_copy
 from gradreg.models import CifarResNet
 
 TERMS = {"plain": None, "spectreg": lambda: gradreg.SpectReg(batch_mode="batch"),
@@ -36,21 +36,7 @@ TERMS = {"plain": None, "spectreg": lambda: gradreg.SpectReg(batch_mode="batch")
 
 def stock_layers(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose gradreg.layers are PyTorch's own, same weights and buffers."""
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, c in parent.named_children():
-            if isinstance(c, Conv2d):
-                new = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-            elif isinstance(c, BatchNorm2d):
-                new = nn.BatchNorm2d(c.num_features)
-            elif isinstance(c, ReLU):
-                setattr(parent, name, nn.ReLU())
-                continue
-            else:
-                continue
-            new.load_state_dict(c.state_dict())
-            setattr(parent, name, new.to(c.weight.device))
-    return model
+    return stock_copy(model)
 
 
 def make_step(base: nn.Module, x, y, *, layers: str, layout: str, bn: str, term: str, device,

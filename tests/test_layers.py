@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import gradreg
-from gradreg.layers import BatchNorm2d, Conv2d, ReLU, _BatchNormFn, _Conv2dFn
+from gradreg.layers import BatchNorm2d, Conv2d, ReLU, _BatchNormFn, _Conv2dFn, stock_copy
 from gradreg.models import CifarResNet
 
 
@@ -30,22 +30,8 @@ def test_batchnorm_second_derivatives_match_finite_differences():
 
 
 def _stock_copy(model: nn.Module) -> nn.Module:
-    """The same network built from nn.Conv2d / nn.BatchNorm2d, with the same weights and buffers."""
-    import copy
-    stock = copy.deepcopy(model)
-    for parent in list(stock.modules()):
-        for name, c in parent.named_children():
-            if isinstance(c, Conv2d):
-                new = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
-            elif isinstance(c, BatchNorm2d):
-                new = nn.BatchNorm2d(c.num_features)
-            elif isinstance(c, ReLU):
-                setattr(parent, name, nn.ReLU())
-                continue
-            else:
-                continue
-            new.load_state_dict(c.state_dict())
-            setattr(parent, name, new.to(c.weight.dtype))
+    """The same network built from nn.Conv2d / nn.BatchNorm2d / nn.ReLU, with the same weights and buffers."""
+    stock = stock_copy(model)
     assert not any(isinstance(m, (Conv2d, BatchNorm2d, ReLU)) for m in stock.modules())
     return stock
 

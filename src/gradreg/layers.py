@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Conv2d", "BatchNorm2d", "ReLU"]
+__all__ = ["Conv2d", "BatchNorm2d", "ReLU", "stock_copy"]
 
 
 def _engine_needs(t: Tensor) -> bool:
@@ -168,3 +168,27 @@ class BatchNorm2d(nn.BatchNorm2d):
         self.num_batches_tracked.add_(1)
         momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         return _BatchNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var, momentum, self.eps)
+
+
+def stock_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with this module's layers replaced by PyTorch's own (same weights, buffers,
+    device and dtype): the reference these layers are checked and benchmarked against."""
+    import copy
+
+    stock = copy.deepcopy(model)
+    for parent in list(stock.modules()):
+        for name, c in parent.named_children():
+            if isinstance(c, ReLU):
+                setattr(parent, name, nn.ReLU())
+                continue
+            if isinstance(c, Conv2d):
+                new = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding,
+                                dilation=c.dilation, groups=c.groups, bias=c.bias is not None)
+            elif isinstance(c, BatchNorm2d):
+                new = nn.BatchNorm2d(c.num_features, eps=c.eps, momentum=c.momentum, affine=c.affine,
+                                     track_running_stats=c.track_running_stats)
+            else:
+                continue
+            new.load_state_dict(c.state_dict())
+            setattr(parent, name, new.to(device=c.weight.device, dtype=c.weight.dtype))
+    return stock
