@@ -120,6 +120,12 @@ CLAIMS: tuple[Claim, ...] = (
           (("table7", "SpectReg", "0.001"),), note="better at our dev-picked 0.001; the paper's 0.03 flattens the fit"),
     Claim("Table 3", "CIFAR-10, 2,000 points: SpectReg, DataGrad, CP", "e.g. 59.24 vs 55.63", "not run", "not-run",
           command="`gradreg sweep table3`", cost=("table3", ())),
+    Claim("Table 3, scaled", "On a BatchNorm ResNet GR helps and SpectReg leads", "59.24 / 57.45 vs 55.63", "partly",
+          "table-3-scaled-cifar-10-on-a-small-resnet",
+          ours=(("cifar10_scaled_selected", "SpectReg", "CIFAR-10, 2000"),
+                ("cifar10_scaled_selected", "DataGrad", "CIFAR-10, 2000")),
+          note="ResNet 8/16/32 x1, 500 steps, baseline 51.38: both above it, neither significantly; SpectReg "
+               "not separated from DataGrad"),
     Claim("Table 5", "Full CIFAR-10 + augmentation, λ sweeps", "93.71 baseline", "not run", "not-run",
           command="`gradreg sweep table5`", cost=("table5", ())),
     Claim("Poster", "CIFAR-10 / CIFAR-100 rows (weight decay table)", "e.g. 41.80 vs 37.81", "not run", "not-run",
@@ -153,6 +159,13 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("Figure 4", "Section 6.2.7: DataGrad λ against accuracy and Σw², per weight decay",
           "partly (collapse at λ 200–500)", "figure-4", ("figure4_strip", "figure4_wd_probe"), ("figure4",)),
     Entry("Figures 5, 6", "Section 6.2.8: SIN fits", "5 reproduced; 6 partly", "figures-5-and-6", (), ("figure5", "figure6")),
+    Entry("Table 3, scaled", "Section 6.2.2 on a 20k-parameter ResNet, 500 steps (cifar10_scaled/README.md)",
+          "partly (direction only)", "table-3-scaled-cifar-10-on-a-small-resnet",
+          ("cifar10_scaled_selected", "cifar10_scaled_dev", "cifar10_scaled_edge_selected", "cifar10_scaled_edge_dev")),
+    Entry("First-order estimators", "not in the paper: finite-difference SpectReg and DataGrad on Table 4's protocol",
+          "see the record", "first-order-estimators-not-in-the-paper", ("estimators_mnist", "estimators_mnist_dev")),
+    Entry("Subnormal flushing", "not in the paper: an execution setting, paired runs with and without",
+          "results unchanged", "appendix-c-subnormal-flushing-execution-setting", ()),
 )
 
 
