@@ -227,3 +227,18 @@ def test_module_that_runs_twice_or_returns_a_tuple_is_refused():
         gradreg.SpectReg(wrt="lin")(net, x)
     with pytest.raises(ValueError, match="returns a tuple, not a tensor"):
         gradreg.SpectReg(wrt="gru")(net, x)
+
+
+@pytest.mark.parametrize("name", ["frobreg", "datagrad", "jacreg"])
+def test_objective_level_wrt_equals_the_term_level_wrt(name):
+    """An Objective's wrt= (here a feature subset and a hidden module) reaches its exact terms: the
+    same values as the terms given that wrt themselves, and not the whole input's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    for wrt in ([0, 3], "1"):
+        by_objective = gradreg.Objective("cross_entropy", [(1.0, get_regularizer(name))], wrt=wrt)(net, x, y)
+        by_term = gradreg.Objective("cross_entropy", [(1.0, get_regularizer(name, wrt=wrt))])(net, x, y)
+        whole = gradreg.Objective("cross_entropy", [(1.0, get_regularizer(name))])(net, x, y)
+        torch.testing.assert_close(by_objective.terms[name], by_term.terms[name])
+        assert not torch.allclose(by_objective.terms[name], whole.terms[name])
