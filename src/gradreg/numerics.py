@@ -1,11 +1,13 @@
 """Subnormal (denormal) floats on CPU: flushing them to zero during training and evaluation.
 
-Late in training many activations and gradients of a network become subnormal floats (below about
-1.2e-38 in float32). x86 CPUs handle those in microcode, tens of times slower than normal floats, so
-without flushing the steps of a LeNet-5 run on MNIST grow several times slower as it trains
+As a network trains, some of its activations and gradients become subnormal floats (below about
+1.2e-38 in float32). CPUs that handle those in microcode compute them tens of times slower than normal
+floats, and there the late steps of a LeNet-5 run were measured several times slower than its early
+ones; on this project's AMD machine subnormals cost about 2.8x and runs were not slowed
 (``benchmarks/README.md``). Flushing (the CPU's flush-to-zero and denormals-are-zero modes, set by
-:func:`torch.set_flush_denormal`) reads and writes them as zero instead. The paired comparison in
-``results/REPRODUCTION.md`` shows it does not move results beyond the last float digits.
+:func:`torch.set_flush_denormal`) reads and writes them as zero instead, costing nothing either way. The
+paired comparison in ``results/REPRODUCTION.md`` (Appendix C) shows it does not move results beyond
+last-digit differences.
 
 The mode belongs to a CPU thread. Threads created after it is set (torch's intra-op pool, the first
 time a parallel kernel runs) inherit it; a pool that already exists keeps its threads' own mode.
