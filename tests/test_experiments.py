@@ -198,9 +198,9 @@ def test_estimated_cost_is_positive(name):
 
 def test_cost_model_matches_the_documented_factors():
     plain = RunConfig(dataset="mnist", train_size=2000)
-    assert estimate_run_seconds(plain) == pytest.approx(10_000 * 0.0058)
-    assert estimate_run_seconds(RunConfig(dataset="mnist", terms=(("datagrad", 50),))) == pytest.approx(10_000 * 0.0058 * 2.1)
-    assert estimate_run_seconds(RunConfig(dataset="mnist", terms=(("jacreg", 0.1),))) == pytest.approx(10_000 * 0.0058 * 10.3)
+    assert estimate_run_seconds(plain) == pytest.approx(10_000 * 0.0054)
+    assert estimate_run_seconds(RunConfig(dataset="mnist", terms=(("datagrad", 50),))) == pytest.approx(10_000 * 0.0054 * 2.1)
+    assert estimate_run_seconds(RunConfig(dataset="mnist", terms=(("jacreg", 0.1),))) == pytest.approx(10_000 * 0.0054 * 10.3)
 
 
 def test_table4_values_and_setup():

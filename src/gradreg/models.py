@@ -222,12 +222,13 @@ class CifarResNet(nn.Module):
 # Step costs (gradreg.cost): CPU seconds of one single-thread run per step, evaluation and start-up
 # included, subnormals flushed (the default), on this project's 2-core AMD EPYC machine, from the runs'
 # stored cpu_seconds (results/flush/mnist.db; results/REPRODUCTION.md, Appendix C): LeNet-5 on MNIST-2000
-# 5.8 ms unregularized (57.9 s per 10,000-step run, 2 runs), x2.1 with one double-backprop term
-# (SpectReg 0.03 124.5 s, DataGrad 50 120.0 s). The SIN MLP 0.95 ms, x1.55 with SpectReg (solo runs of
-# the sin recipe, 4.75 s and 7.3 s). The CIFAR ResNets' are step timings from benchmarks or scaled runs.
+# 5.4 ms unregularized (median 56 s per 10,000-step run, 5 runs, 47-60 s with the machine's load), x2.1
+# with one double-backprop term (SpectReg 0.03 and DataGrad 50, median 117 s, 10 runs, 100-125 s). The
+# SIN MLP 0.95 ms, x1.55 with SpectReg (solo runs of the sin recipe, 4.75 s and 7.3 s). The CIFAR
+# ResNets' are step timings from benchmarks or scaled runs.
 # Grouping on CPU: SIN MLPs train 5.7x faster per run in groups of 50, stacked LeNet-5s were not faster
 # (benchmarks/bench_grouped.py); the ResNet has BatchNorm (per-run running statistics), so no group.
-@register_model("lenet5", groupable=True, step_seconds=0.0058, gradient_factor=2.1)
+@register_model("lenet5", groupable=True, step_seconds=0.0054, gradient_factor=2.1)
 def _lenet5(*, input_shape, num_outputs, batchnorm=False, dropout=0.0):
     return LeNet5(_image_shape("lenet5", input_shape), num_outputs, batchnorm=batchnorm, dropout=dropout)
 
