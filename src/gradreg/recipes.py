@@ -7,8 +7,8 @@ Deviations from the paper's text, each measured (see ``../shared/paper/NOTES.md`
   accuracy: chance), so the rate was picked on the dev set (5 dev seeds, weight decay 0.0005,
   ``scripts/probe_mnist_baseline.py``, ``results/probe_mnist_lr.csv``): dev accuracy 96.89 at
   0.0005, 97.15 at 0.001, 97.34 at 0.002, 97.35 at 0.003, 97.29 at 0.004. The recipe takes 0.003,
-  the best mean. Adam's usual 0.001 (the first round of this project's MNIST tables; rerun them
-  with ``--set lr=0.001``) leaves the baseline about 0.2 points below the paper's.
+  the best mean. Adam's usual 0.001 (the superseded tables of ``results/lr0.001/``; rerun them with
+  ``--set lr=0.001``) leaves the baseline about 0.2 points below the paper's.
 - Weight decay is an L2 term ``wd * sum(w**2)`` over the weight tensors (not biases, not
   BatchNorm scales) added to the loss, as Keras/TensorFlow code of the paper's time did
   (``kernel_regularizer=l2(wd)``); Figure 4's "weight loss" is the same sum. It is not decoupled
