@@ -29,8 +29,8 @@ class PairedCell:
     b: dict[int, float]
     seconds_a: list[float]
     seconds_b: list[float]
-    cpu_a: list[float] = ()                  # extras.cpu_seconds where the runs stored it
-    cpu_b: list[float] = ()
+    cpu_a: tuple[float, ...] = ()           # extras.cpu_seconds where every run stored it
+    cpu_b: tuple[float, ...] = ()
 
     @property
     def seeds(self) -> list[int]:
@@ -62,24 +62,24 @@ def compare_stores(plan: Iterable[PlannedRun], a: ResultStore, b: ResultStore,
         keys = [p.config.key() for p in runs]
         rows_a = {r["key"]: r for r in a.rows(keys, status="done")}
         rows_b = {r["key"]: r for r in b.rows(keys, status="done")}
-        both = [p for p in runs if p.config.key() in rows_a and p.config.key() in rows_b]
-        if any(metric not in rows_a[p.config.key()]["metrics"] for p in both):
+        # (seed, row in A, row in B) of each run finished in both
+        pairs = [(p.config.seed, rows_a[k], rows_b[k]) for p, k in zip(runs, keys) if k in rows_a and k in rows_b]
+        if any(metric not in ra["metrics"] for _, ra, _ in pairs):
             raise ValueError(f"metric {metric!r} is not in the runs of {label}; try one of: "
-                             f"{', '.join(sorted(rows_a[both[0].config.key()]['metrics']))}")
+                             f"{', '.join(sorted(pairs[0][1]['metrics']))}")
         out.append(PairedCell(
             label=label, metric=metric,
-            a={p.config.seed: rows_a[p.config.key()]["metrics"][metric] for p in both},
-            b={p.config.seed: rows_b[p.config.key()]["metrics"][metric] for p in both},
-            seconds_a=[rows_a[p.config.key()]["seconds"] for p in both],
-            seconds_b=[rows_b[p.config.key()]["seconds"] for p in both],
-            cpu_a=_cpu([rows_a[p.config.key()] for p in both]), cpu_b=_cpu([rows_b[p.config.key()] for p in both])))
+            a={seed: ra["metrics"][metric] for seed, ra, _ in pairs},
+            b={seed: rb["metrics"][metric] for seed, _, rb in pairs},
+            seconds_a=[ra["seconds"] for _, ra, _ in pairs], seconds_b=[rb["seconds"] for _, _, rb in pairs],
+            cpu_a=_cpu([ra for _, ra, _ in pairs]), cpu_b=_cpu([rb for _, _, rb in pairs])))
     return out
 
 
-def _cpu(rows: list[dict]) -> list[float]:
+def _cpu(rows: list[dict]) -> tuple[float, ...]:
     """The runs' CPU seconds, or () unless every run stored them."""
-    cpu = [(r.get("extras") or {}).get("cpu_seconds") for r in rows]
-    return [] if None in cpu else cpu
+    cpu = tuple((r.get("extras") or {}).get("cpu_seconds") for r in rows)
+    return () if None in cpu else cpu
 
 
 def markdown_comparison(cells: list[PairedCell], name_a: str, name_b: str) -> str:
