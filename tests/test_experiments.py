@@ -53,7 +53,7 @@ def test_every_phase_plans_seed_major_so_an_interrupted_sweep_is_balanced(name):
     e = get_experiment(name)
     assert _seed_major(e.plan(seeds=3))
     if any(c.grid for c in e.cells):
-        assert _seed_major(e.plan(lambdas="grid", seeds=3))
+        assert _seed_major(e.plan(phase="grid", seeds=3))
     if any(c.tuned for c in e.cells):
         assert _seed_major(e.select_plan({c.key: c.grid[-1] for c in e.cells if c.tuned}, seeds=3))
 
@@ -82,7 +82,7 @@ def test_cells_are_well_formed(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_grid_runs_use_dev_seeds_only(name):
     e = get_experiment(name)
-    grid = e.runs(lambdas="grid", seeds=3)
+    grid = e.runs(phase="grid", seeds=3)
     assert len(grid) == 3 * sum(len(c.grid) for c in e.cells)
     assert len({r.key() for r in grid}) == len(grid)
     assert all(DEV_SEED_OFFSET <= r.seed < DEV_SEED_OFFSET + 3 for r in grid)
@@ -147,7 +147,7 @@ def test_grid_window_narrows_tuned_grids_around_the_paper_lambda(name):
     assert e.with_grid_window(None) is e
     w = e.with_grid_window(1)
     assert w.runs() == e.runs()  # the paper-λ runs do not change
-    assert {r.key() for r in w.runs(lambdas="grid", seeds=2)} <= {r.key() for r in e.runs(lambdas="grid", seeds=2)}
+    assert {r.key() for r in w.runs(phase="grid", seeds=2)} <= {r.key() for r in e.runs(phase="grid", seeds=2)}
     for full, narrow in zip(e.cells, w.cells):
         assert narrow.key == full.key and narrow.tuned == full.tuned
         if full.tuned:
@@ -167,7 +167,7 @@ def test_smoke_runs_are_small(name):
         recipe = r.resolved_recipe()
         assert recipe.steps == 5 and recipe.eval_points == 1
         assert r.max_eval == 100 and r.train_size is not None and r.train_size <= 100 and r.seed == 0
-    assert len(e.runs(smoke=True, lambdas="grid")) == sum(len(c.grid) for c in e.cells)
+    assert len(e.runs(smoke=True, phase="grid")) == sum(len(c.grid) for c in e.cells)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -292,8 +292,8 @@ def test_unknown_names_list_the_valid_ones():
         get_experiment("table99")
     with pytest.raises(KeyError, match="SpectReg"):
         get_experiment("table4").cell("nope", "no WD")
-    with pytest.raises(ValueError, match="lambdas"):
-        get_experiment("table4").runs(lambdas="best")
+    with pytest.raises(ValueError, match="phase"):
+        get_experiment("table4").runs(phase="best")
 
 
 def test_cell_run_rules():

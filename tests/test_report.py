@@ -170,9 +170,9 @@ def test_lambda_selection_uses_dev_metric_only(tmp_path):
     """The λ with the best mean dev accuracy wins, whatever the test accuracies say."""
     exp = get_experiment("table4")
     with ResultStore(tmp_path / "r.db") as store:
-        with pytest.raises(ValueError, match="--lambdas grid"):
+        with pytest.raises(ValueError, match="--phase grid"):
             select_lambdas(exp, store, seeds=2)
-        for p in exp.plan(lambdas="grid", seeds=2):
+        for p in exp.plan(phase="grid", seeds=2):
             assert p.seed >= DEV_SEED_OFFSET
             good = p.lam == p.cell.grid[1]
             put(store, p.config, dev_acc=99.0 if good else 90.0, test_acc=50.0 if good else 99.9)
@@ -185,7 +185,7 @@ def test_lambda_selection_on_a_grid_window_chooses_inside_it(tmp_path):
     exp = get_experiment("table4")
     narrow = exp.with_grid_window(1)
     with ResultStore(tmp_path / "r.db") as store:
-        for p in exp.plan(lambdas="grid", seeds=2):
+        for p in exp.plan(phase="grid", seeds=2):
             window = narrow.cell(*p.cell.key).grid
             dev = 99.9 if p.lam not in window else (99.0 if p.lam == window[-1] else 90.0)
             put(store, p.config, dev_acc=dev, test_acc=50.0)
@@ -201,7 +201,7 @@ def table4_grid_store(tmp_path):
     exp = get_experiment("table4").with_grid_window(1)
     dev = {}
     with ResultStore(tmp_path / "r.db") as store:
-        for p in exp.plan(lambdas="grid", seeds=3):
+        for p in exp.plan(phase="grid", seeds=3):
             offset = {0: -0.5, 1: 0.0, 2: -0.1}[p.cell.grid.index(p.lam)]
             i = p.seed - DEV_SEED_OFFSET
             acc = 97.0 + offset + 0.3 * i ** 2 + 0.02 * ((i + 2 * p.cell.grid.index(p.lam)) % 3)
@@ -269,7 +269,7 @@ def test_a_choice_at_the_end_of_a_narrowed_grid_is_flagged(tmp_path):
     whole = full.cell("SpectReg", "no WD")
     assert not at_window_edge(whole, whole.grid[0]) and not at_window_edge(whole, whole.grid[-1])
     with ResultStore(tmp_path / "r.db") as store:
-        for p in narrow.plan(lambdas="grid", seeds=2):
+        for p in narrow.plan(phase="grid", seeds=2):
             put(store, p.config, dev_acc=(99.0 if p.lam == p.cell.grid[0] else 98.0) + 0.1 * (p.seed - DEV_SEED_OFFSET))
         stats, chosen = grid_stats(narrow, store, seeds=2)
     text = markdown_grid_table(narrow, stats, chosen)
@@ -280,8 +280,8 @@ def test_dev_seeds_let_the_selection_read_fewer_seeds_than_the_tests_use(table4_
     exp, db, _ = table4_grid_store
     with ResultStore(db) as store:
         with pytest.raises(ValueError, match="--dev-seeds"):
-            collect(exp, store, lambdas="selected", seeds=4)  # 4 dev seeds expected, 3 there
-        stats = collect(exp, store, lambdas="selected", seeds=4, dev_seeds=3)
+            collect(exp, store, phase="selected", seeds=4)  # 4 dev seeds expected, 3 there
+        stats = collect(exp, store, phase="selected", seeds=4, dev_seeds=3)
     by = {st.cell.key: st for st in stats}
     assert by[("SpectReg", "no WD")].lam == exp.cell("SpectReg", "no WD").grid[1]
     assert all(st.missing == 4 and not st.n for st in stats)  # phase 2 not run: counted, not invented
@@ -359,7 +359,7 @@ def test_cli_row_restricts_sweep_and_report_to_one_method(table4_grid_store, mon
     assert {t[0] for c in planned["configs"] for t in c.terms} == {"spectreg"}
     wide = get_experiment("table4").with_grid_window(2).with_rows(["SpectReg"])
     with ResultStore(db) as store:  # the two new λ per cell: the smaller one best on dev
-        for p in wide.plan(lambdas="grid", seeds=3):
+        for p in wide.plan(phase="grid", seeds=3):
             if p.lam not in exp.cell(*p.cell.key).grid:
                 put(store, p.config, dev_acc=99.0 if p.lam == p.cell.grid[0] else 90.0, test_acc=50.0)
     grid = runner.invoke(app, ["report", *common, "--lambdas", "grid", "--dev-seeds", "3"])

@@ -57,7 +57,7 @@ def test_the_shipped_example_is_the_experiment_its_comments_describe():
     assert len(runs) == 15 and len({r.key() for r in runs}) == 15
     assert runs[1] == RunConfig(dataset="digits", train_size=300, overrides=(("steps", 600),),
                                 terms=(("spectreg", 0.003),))
-    assert len(e.runs(lambdas="grid")) == 30
+    assert len(e.runs(phase="grid")) == 30
 
 
 def test_cell_run_settings_merge_over_the_shared_ones_key_by_key():
@@ -135,12 +135,12 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"cells": [{"row": "a"}], "sedes": 3}, "top level: unknown key(s) 'sedes'; valid: name, title"),
     ({"run": {"datset": "digits"}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'datset'; valid: dataset, train_size"),
     ({"run": {"seed": 3}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'seed'"),
-    ({"run": {"terms": [["spectreg", 1.0]]}, "cells": [{"row": "a"}]}, "[run]: unknown key(s) 'terms'"),
+    ({"run": {"terms": [["spectreg", 1.0]]}, "cells": [{"row": "a"}]}, "[run]: terms must be a table of keys"),
     ({"cells": [{"row": "a", "lamda": 0.1}]}, "cells[0]: unknown key(s) 'lamda'"),
     ({"cells": [{"row": "a", "run": {"stepz": 3}}]}, "cells[0]: run: unknown key(s) 'stepz'"),
     ({"cells": [{"row": "a", "baseline": True}, {"column": "x"}]}, "cells[1]: needs a row"),
     ({"cells": []}, "at least one [[cells]]"),
-    ({"cells": [{"row": "a", "term": "spectreg"}]}, "term 'spectreg' needs a lambda, lambdas or a grid"),
+    ({"cells": [{"row": "a", "term": "spectreg"}]}, "term 'spectreg' needs a lambda, lambdas, a grid, fallback_lambda or tuned = true"),
     ({"cells": [{"row": "a", "term": "spectral", "lambda": 0.1}]}, "unknown regularizer 'spectral'; valid:"),
     ({"cells": [{"row": "a", "lambda": 0.1}]}, "a λ or grid needs a term"),
     ({"run": {"dataset": "mnistt"}, "cells": [{"row": "a"}]}, "unknown dataset 'mnistt'; valid:"),
@@ -148,7 +148,8 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0.1, 0.01]}]}, "lambdas must be increasing"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "grid": [1]}]}, "goes without grid"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "baseline": True}]}, "goes without baseline"),
-    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "paper": [9]}]}, "goes without paper"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "paper": [9]}]},
+     "paper beside lambdas must list one value per λ (2)"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, float("nan")]}]}, "finite number >= 0, got nan"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambdas": 1}]}, "lambdas must be a list of numbers, got 1"),
     ({"cells": [{"row": "a", "term": "spectreg", "lambda": -1}]}, "lambda must be a finite number >= 0, got -1"),
@@ -157,7 +158,7 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"cells": [{"row": "a", "term": "spectreg", "lambda": True}]}, "lambda must be a finite number >= 0, got True"),
     ({"cells": [{"row": "a", "term": "spectreg", "grid": "0.1"}]}, "grid must be a list of numbers, got '0.1'"),
     ({"cells": [{"row": "a", "term": "spectreg", "grid": ["0.1"]}]}, "each value of grid must be a finite number"),
-    ({"cells": [{"row": "a", "term": "spectreg", "grid": []}]}, "term 'spectreg' needs a lambda, lambdas or a grid"),
+    ({"cells": [{"row": "a", "term": "spectreg", "grid": []}]}, "term 'spectreg' needs a lambda, lambdas, a grid, fallback_lambda or tuned = true"),
     ({"cells": [{"row": "a", "term": ["spectreg"], "lambda": 1}]}, "term must be a non-empty string"),
     ({"cells": [{"row": "a", "baseline": "no"}]}, "cells[0]: baseline must be true or false, got 'no'"),
     ({"cells": [{"row": 1}]}, "cells[0]: row must be a non-empty string, got 1"),
@@ -196,12 +197,12 @@ def test_a_grid_without_a_lambda_runs_its_middle_value_in_paper_mode():
     ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"smal": 1, "small": 1}}]},
      "cells[0]: lambda names column(s) 'smal' the cell does not run in; valid: 'small', 'large'"),
     ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"small": 1}}]},
-     "cells[0]: column 'large': term 'spectreg' needs a lambda, lambdas or a grid"),
+     "cells[0]: column 'large': term 'spectreg' needs a lambda, lambdas, a grid, fallback_lambda or tuned = true"),
     ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambda": {"small": -1, "large": 1}}]},
      "cells[0]: column 'small': lambda must be a finite number >= 0, got -1"),
     ({"columns": COLUMNS, "cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1]}]},
      "lambdas (a λ curve: one column per value) goes without [[columns]]"),
-    ({"cells": [{"row": "a", "term": "spectreg", "lambda": {"x": 1}}]}, "lambda as a table (one λ per column) needs [[columns]]"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": {"x": 1}}]}, "lambda as a table (one value per column) needs [[columns]]"),
     ({"columns": COLUMNS, "cells": [{"baseline": True}]}, "cells[0]: needs a row"),
 ])
 def test_bad_specs_fail_naming_the_key_and_what_is_valid(data, message):
@@ -306,11 +307,11 @@ def test_the_figure_draws_published_numbers_only_where_the_file_gives_some(tmp_p
     assert fig.axes[0].get_legend_handles_labels()[1] == labels
 
 
-def test_every_run_config_field_but_seed_and_terms_can_be_set_from_a_file():
+def test_every_run_config_field_but_seed_can_be_set_from_a_file():
     import dataclasses
 
     from gradreg.spec import _RUN_TYPES
-    assert set(_RUN_TYPES) == {f.name for f in dataclasses.fields(RunConfig)} - {"seed", "terms"}
+    assert set(_RUN_TYPES) == {f.name for f in dataclasses.fields(RunConfig)} - {"seed"}
 
 
 # --- [[reports]]: the tables an experiment file's runs make (gradreg reproduce) ---
@@ -331,15 +332,16 @@ def test_reports_parse_and_become_report_arguments(tmp_path):
     from gradreg.reports import Report
 
     p = tmp_path / "r.toml"
+    # lambdas: the phase key's old name, still read
     p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "rep_dev"\nlambdas = "grid"\nseeds = 2\n'
-                 '[[reports]]\ntable = "sub/rep_sel"\ndb = "other.db"\nlambdas = "selected"\nseeds = 5\n'
+                 '[[reports]]\ntable = "sub/rep_sel"\ndb = "other.db"\nphase = "selected"\nseeds = 5\n'
                  'dev_seeds = 2\npaired = true\nrows = ["SpectReg"]\nset = {lr = 0.001}\n')
     exp = load_experiment(p)
-    assert exp.reports == (Report("rep_dev", lambdas="grid", seeds=2),
-                           Report("sub/rep_sel", db="other.db", lambdas="selected", seeds=5, dev_seeds=2,
+    assert exp.reports == (Report("rep_dev", phase="grid", seeds=2),
+                           Report("sub/rep_sel", db="other.db", phase="selected", seeds=5, dev_seeds=2,
                                   paired=True, rows=("SpectReg",), set=(("lr", 0.001),)))
     assert exp.reports[0].database(exp.database) == "rep.db"
-    assert exp.reports[1].arguments() == ["--lambdas", "selected", "--seeds", "5", "--dev-seeds", "2", "--row",
+    assert exp.reports[1].arguments() == ["--phase", "selected", "--seeds", "5", "--dev-seeds", "2", "--row",
                                           "SpectReg", "--paired", "--set", "lr=0.001"]
 
 
@@ -347,8 +349,10 @@ def test_reports_parse_and_become_report_arguments(tmp_path):
     ('seeds = 2', "needs a table"),
     ('table = "a"\ncolour = 1', "unknown key(s) 'colour'; valid: table, db"),
     ('table = "../a"', "table must be a file stem under results/"),
-    ('table = "a"\nlambdas = "best"', "lambdas must be paper, grid or selected"),
-    ('table = "a"\nlambdas = "grid"\npaired = true', "against/paired are for the paper and selected phases"),
+    ('table = "a"\nphase = "best"', "phase must be paper, grid or selected"),
+    ('table = "a"\nlambdas = "best"', "phase must be paper, grid or selected"),
+    ('table = "a"\nphase = "grid"\nlambdas = "grid"', "give phase alone (lambdas is its old name)"),
+    ('table = "a"\nphase = "grid"\npaired = true', "against/paired are for the paper and selected phases"),
     ('table = "a"\nseeds = -1', "seeds must be a non-negative integer"),
     ('table = "a"\npaired = "yes"', "paired must be a bool"),
 ])
@@ -369,15 +373,114 @@ def test_two_reports_of_one_table_are_refused(tmp_path):
 
 def test_reproduce_runs_each_phase_in_order_and_refuses_an_experiment_without_reports(tmp_path):
     p = tmp_path / "r.toml"
-    p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "rep_sel"\nlambdas = "selected"\nseeds = 3\ndev_seeds = 2\n'
-                 'against = "SpectReg"\n[[reports]]\ntable = "rep_dev"\nlambdas = "grid"\nseeds = 2\n')
+    p.write_text(_REPORTS_BASE + '[[reports]]\ntable = "rep_sel"\nphase = "selected"\nseeds = 3\ndev_seeds = 2\n'
+                 'against = "SpectReg"\n[[reports]]\ntable = "rep_dev"\nphase = "grid"\nseeds = 2\n')
     out = CliRunner().invoke(app, ["reproduce", str(p), "--sweep", "--dry-run", "--results", str(tmp_path)])
     assert out.exit_code == 0, out.output
     lines = [line for line in out.output.splitlines() if line.startswith("$ gradreg")]
     assert [line.split()[2] for line in lines] == ["sweep", "sweep", "report", "report"]
-    assert "--lambdas grid --seeds 2" in lines[0] and "--lambdas selected --seeds 3 --dev-seeds 2" in lines[1]
+    assert "--phase grid --seeds 2" in lines[0] and "--phase selected --seeds 3 --dev-seeds 2" in lines[1]
     assert "--against" not in lines[1] and "--against SpectReg" in lines[2]
     assert f"--markdown {tmp_path / 'rep_dev.md'}" in lines[3]
     p.write_text(_REPORTS_BASE)
     out = CliRunner().invoke(app, ["reproduce", str(p)])
     assert out.exit_code != 0 and "lists no reports" in out.output
+
+
+# --- the keys the paper's own files use, and the files themselves -------------------------------------
+
+PAPER_COLUMNS = [{"name": "small", "run": {"train_size": 100}}, {"name": "large", "run": {"train_size": 400}}]
+
+
+def test_tuned_cells_get_the_registered_grid_and_fixed_cells_none():
+    from gradreg.regularizers import regularizer_info
+
+    e = experiment_from_dict({"run": {"dataset": "digits"}, "cells": [
+        {"row": "a", "term": "spectreg", "lambda": 0.01, "tuned": True},
+        {"row": "b", "term": "datagrad", "lambda": 1, "tuned": False},
+        {"row": "c", "term": "spectreg", "tuned": True, "fallback_lambda": 0.003}]})
+    a, b, c = e.cells
+    assert a.grid == regularizer_info("spectreg").grid and a.paper_lambda == 0.01 and a.fallback_lambda is None
+    assert b.grid == () and not b.tuned
+    assert c.paper_lambda is None and c.fallback_lambda == 0.003 and c.lambda_for_paper_mode == 0.003
+
+
+def test_per_column_values_fallback_and_column_order():
+    e = experiment_from_dict({"run": {"dataset": "digits"}, "columns": PAPER_COLUMNS, "order": "columns", "cells": [
+        {"row": "base", "baseline": True, "paper": {"small": [90.0, 1.0], "large": 95.0}},
+        {"row": "reg", "term": "spectreg", "tuned": True, "lambda": {"large": 0.01}, "fallback_lambda": 0.03,
+         "paper": {"small": 91.0}}]})
+    assert [c.key for c in e.cells] == [("base", "small"), ("reg", "small"), ("base", "large"), ("reg", "large")]
+    base_small, reg_small, base_large, reg_large = e.cells
+    assert base_small.paper == (90.0, 1.0) and base_large.paper == (95.0, None)
+    assert reg_small.paper == (91.0, None) and reg_large.paper is None
+    assert (reg_small.paper_lambda, reg_small.fallback_lambda) == (None, 0.03)
+    assert (reg_large.paper_lambda, reg_large.fallback_lambda) == (0.01, None)
+    entries = experiment_from_dict({"run": {"dataset": "digits"}, "columns": PAPER_COLUMNS,
+                                    "cells": [{"row": "base", "baseline": True}, {"row": "x"}]})
+    assert [c.key for c in entries.cells] == [("base", "small"), ("base", "large"), ("x", "small"), ("x", "large")]
+
+
+def test_fixed_terms_in_the_run_settings_and_paper_values_of_a_curve():
+    e = experiment_from_dict({"run": {"dataset": "digits", "terms": {"confidence_penalty": 0.01}}, "cells": [
+        {"row": "a", "term": "spectreg", "lambda": 0.03, "run": {"terms": {"datagrad": 1}}},
+        {"row": "b", "term": "spectreg", "lambdas": [0, 0.1], "paper": [5e-5, [4e-5, 1e-6]]}]})
+    assert e.cells[0].config.terms == (("confidence_penalty", 0.01), ("datagrad", 1.0))
+    assert e.cells[0].config_for(0.03, 0).terms[-1] == ("spectreg", 0.03)
+    assert [c.paper for c in e.cells[1:]] == [(5e-5, None), (4e-5, 1e-6)]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"cells": [{"row": "a", "term": "spectreg", "grid": [1], "tuned": False}]}, "tuned = false (the λ is fixed) goes without a grid"),
+    ({"cells": [{"row": "a", "tuned": True}]}, "tuned needs a term"),
+    ({"cells": [{"row": "a", "fallback_lambda": 1}]}, "fallback_lambda needs a term"),
+    ({"cells": [{"row": "a", "term": "spectreg", "tuned": "yes"}]}, "tuned must be true or false"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambda": 1, "fallback_lambda": 2}]},
+     "fallback_lambda is the stand-in λ of a cell without a lambda"),
+    ({"cells": [{"row": "a", "term": "spectreg", "fallback_lambda": -1}]}, "fallback_lambda must be a finite number >= 0"),
+    ({"cells": [{"row": "a", "term": "spectreg", "lambdas": [0, 1], "tuned": True}]}, "goes without tuned"),
+    ({"cells": [{"row": "a", "paper": {"x": 1}}]}, "paper as a table (one value per column) needs [[columns]]"),
+    ({"order": "rows", "cells": [{"row": "a"}]}, "order must be one of 'entries', 'columns', got 'rows'"),
+    ({"order": "columns", "cells": [{"row": "a"}]}, "order = \"columns\" lists the cells column by column: it needs"),
+    ({"run": {"terms": {"nope": 1}}, "cells": [{"row": "a"}]}, "[run]: "),
+    ({"columns": PAPER_COLUMNS, "cells": [{"row": "a", "term": "spectreg", "fallback_lambda": {"big": 1}}]},
+     "fallback_lambda names column(s) 'big' the cell does not run in"),
+])
+def test_bad_paper_keys_fail_naming_the_key(data, message):
+    with pytest.raises(ValueError) as info:
+        experiment_from_dict({"run": {"dataset": "digits"}} | data)
+    assert message in str(info.value)
+
+
+def test_the_paper_files_are_the_paper_experiments_and_keep_their_names():
+    import importlib.resources
+
+    from gradreg.experiments import EXPERIMENTS
+    from gradreg.spec import PAPER_NAMES
+
+    folder = importlib.resources.files("gradreg") / "paper"
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".toml")) == sorted(
+        f"{n}.toml" for n in PAPER_NAMES)
+    assert tuple(EXPERIMENTS) == PAPER_NAMES
+    # cells, tuned cells and reports of each: what the paper's tables and figures hold
+    assert {n: (len(e.cells), sum(c.tuned for c in e.cells), len(e.reports)) for n, e in EXPERIMENTS.items()} == {
+        "table1": (9, 6, 1), "table2": (6, 5, 2), "table2_cp": (2, 0, 1), "table3": (4, 3, 0), "table4": (6, 4, 6),
+        "table5": (15, 0, 0), "table6": (3, 3, 1), "table7": (10, 0, 1), "sin_lownoise": (9, 0, 1),
+        "figure2": (30, 24, 0), "figure3": (2, 0, 0), "figure4": (102, 0, 0), "figure5": (6, 0, 0),
+        "figure6": (2, 0, 0), "sin2": (2, 0, 1), "poster_weight_decay": (12, 6, 0), "poster_cp": (12, 9, 0),
+        "poster_tinyimagenet": (2, 1, 0), "poster_tinyimagenet_top5": (2, 1, 0)}
+    assert all(e.db_name is None and e.source for e in EXPERIMENTS.values())  # the dataset's database
+    text = (folder / "table1.toml").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="'table1' is one of the paper's experiments"):
+        experiment_from_dict(gradreg.spec.tomllib.loads(text), name="table1")
+
+
+def test_lambdas_keyword_is_a_deprecated_name_of_phase():
+    from gradreg.experiments import get_experiment
+
+    e = get_experiment("table4")
+    with pytest.warns(DeprecationWarning, match="phase="):
+        old = e.runs(lambdas="grid", seeds=1)
+    assert old == e.runs(phase="grid", seeds=1)
+    with pytest.raises(ValueError, match="disagree"), pytest.warns(DeprecationWarning):
+        e.plan(phase="grid", lambdas="paper")

@@ -1,7 +1,7 @@
 """The experiment format: :class:`Cell`, :class:`Experiment`, :class:`PlannedRun` and their planning.
 
-The paper's experiments written in it are :mod:`gradreg.experiments`; experiment files (TOML) are
-read into it by :mod:`gradreg.spec`.
+Experiment files (TOML, :mod:`gradreg.spec`) are read into it: the user's, and the paper's own, which
+ship as package data (``gradreg/paper/<name>.toml``) and are listed by :mod:`gradreg.experiments`.
 
 An :class:`Experiment` is a list of :class:`Cell` s. A cell is one number the paper prints (one table
 cell, one point of a figure's series): the run that produces it (``config``, seed 0, *without* the
@@ -22,8 +22,8 @@ Conventions
   the same run (the same key) as the baseline.
 - **λ the paper does not state.** ``paper_lambda`` stays ``None`` and ``fallback_lambda`` holds a
   documented stand-in (usually the λ the paper states for the closest setup) so that
-  ``runs(lambdas="paper")`` can still run every cell; such cells should be tuned with the two-phase
-  protocol (``runs(lambdas="grid")`` on dev seeds, then :meth:`Experiment.select_runs`).
+  ``runs(phase="paper")`` can still run every cell; such cells should be tuned with the two-phase
+  protocol (``runs(phase="grid")`` on dev seeds, then :meth:`Experiment.select_runs`).
 - **Seeds.** The paper's protocol (6.2): every number is the mean (std) of 10 runs, each on a different
   random training subset. Test runs use seeds 0..n-1; the λ selection runs (phase 1) use seeds
   ``DEV_SEED_OFFSET + i`` so they never share a training subset, initialization or minibatch order
@@ -38,19 +38,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .cost import estimate_run_seconds
 from .registry import MetadataView
-from .regularizers import REGULARIZER_INFO, REGULARIZERS, regularizer_info
+from .regularizers import REGULARIZER_INFO, REGULARIZERS
 from .reports import Report
 from .train import RunConfig
 
-__all__ = ["Cell", "Experiment", "PlannedRun", "grid_window", "DEV_SEED_OFFSET", "GRIDS", "METRICS"]
+__all__ = ["Cell", "Experiment", "PlannedRun", "grid_window", "resolve_phase", "DEV_SEED_OFFSET", "GRIDS", "METRICS"]
 
 DEV_SEED_OFFSET = 1000
 METRICS = ("test_acc", "test_top5", "test_mse", "train_mse")
+
+
+def resolve_phase(phase: str, lambdas: str | None, where: str) -> str:
+    """The phase given as ``phase=``, or as the keyword's old name ``lambdas=`` (a DeprecationWarning)."""
+    if lambdas is None:
+        return phase
+    warnings.warn(f"{where}(lambdas=...) is deprecated; pass phase=...", DeprecationWarning, stacklevel=3)
+    if phase not in ("paper", lambdas):
+        raise ValueError(f"{where}: phase={phase!r} and lambdas={lambdas!r} disagree; give phase alone")
+    return lambdas
 
 # The paper's λ grids are registered with each term (gradreg.regularizers); GRIDS reads that registry.
 GRIDS: Mapping[str, tuple[float, ...]] = MetadataView(REGULARIZER_INFO, "grid")
@@ -117,7 +128,7 @@ class Cell:
 
     @property
     def lambda_for_paper_mode(self) -> float | None:
-        """The λ ``runs(lambdas="paper")`` uses: the paper's, else the documented stand-in."""
+        """The λ ``runs(phase="paper")`` uses: the paper's, else the documented stand-in."""
         return self.paper_lambda if self.paper_lambda is not None else self.fallback_lambda
 
     def config_for(self, lam: float | None, seed: int) -> RunConfig:
@@ -252,7 +263,7 @@ class Experiment:
         paper λ, k)``: the paper's λ and its k neighbours on either side, for a λ selection that costs
         ``2k + 1`` λ per cell instead of the whole grid. ``None`` keeps the full grids.
 
-        Phase 2 (``select_plan``, ``report --lambdas selected``) then chooses among those values only,
+        Phase 2 (``select_plan``, ``report --phase selected``) then chooses among those values only,
         so pass the same ``k`` to every phase of one selection.
         """
         if k is None:
@@ -294,31 +305,35 @@ class Experiment:
 
     # --- runs -------------------------------------------------------------------------------------
 
-    def plan(self, *, seeds: int | None = None, lambdas: str = "paper", smoke: bool = False) -> list[PlannedRun]:
+    def plan(self, *, seeds: int | None = None, phase: str = "paper", smoke: bool = False,
+             lambdas: str | None = None) -> list[PlannedRun]:
         """``runs`` with each run's cell and λ attached."""
+        phase = resolve_phase(phase, lambdas, "plan")
         n = self._n_seeds(seeds, smoke)
-        if lambdas == "paper":
+        if phase == "paper":
             out = [PlannedRun(c, c.lambda_for_paper_mode, s, c.config_for(c.lambda_for_paper_mode, s))
                    for s in range(n) for c in self.cells]
-        elif lambdas == "grid":
+        elif phase == "grid":
             out = [PlannedRun(c, lam, s, c.config_for(lam, s))
                    for s in range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + n) for c in self.cells for lam in c.grid]
         else:
-            raise ValueError(f"lambdas must be 'paper' or 'grid', got {lambdas!r}")
+            raise ValueError(f"phase must be 'paper' or 'grid', got {phase!r}")
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
-    def runs(self, *, seeds: int | None = None, lambdas: str = "paper", smoke: bool = False) -> list[RunConfig]:
+    def runs(self, *, seeds: int | None = None, phase: str = "paper", smoke: bool = False,
+             lambdas: str | None = None) -> list[RunConfig]:
         """The experiment's run configs, seed-major: every cell's (and λ's) first seed, then every
         cell's second, and so on, so a sweep stopped part-way leaves a balanced table, not some cells
         complete and others empty.
 
-        ``lambdas="paper"``: every cell at its paper λ (or documented stand-in), test seeds 0..n-1.
-        ``lambdas="grid"``: phase 1 of the λ selection, every tuned cell at every λ of its grid, on dev
+        ``phase="paper"``: every cell at its paper λ (or documented stand-in), test seeds 0..n-1.
+        ``phase="grid"``: phase 1 of the λ selection, every tuned cell at every λ of its grid, on dev
         seeds ``DEV_SEED_OFFSET + i`` (cells without a grid contribute nothing).
         ``smoke=True``: 5 steps, one evaluation on at most 100 points, at most 100 training points,
-        one seed (unless ``seeds`` is given); for fast tests.
+        one seed (unless ``seeds`` is given); for fast tests. ``lambdas=`` is the deprecated name of ``phase=``.
         """
-        return [p.config for p in self.plan(seeds=seeds, lambdas=lambdas, smoke=smoke)]
+        phase = resolve_phase(phase, lambdas, "runs")
+        return [p.config for p in self.plan(seeds=seeds, phase=phase, smoke=smoke)]
 
     def select_plan(self, best: dict[tuple[str, str], float], *, seeds: int | None = None,
                     smoke: bool = False) -> list[PlannedRun]:
@@ -340,10 +355,11 @@ class Experiment:
         :meth:`runs`."""
         return [p.config for p in self.select_plan(best, seeds=seeds, smoke=smoke)]
 
-    def estimated_cost(self, lambdas: str = "paper", seconds_per_step: dict[str, float] | None = None,
-                       *, seeds: int | None = None) -> float:
-        """Rough single-CPU seconds for ``runs(lambdas=...)`` (see :func:`estimate_run_seconds`)."""
-        return sum(estimate_run_seconds(r, seconds_per_step) for r in self.runs(seeds=seeds, lambdas=lambdas))
+    def estimated_cost(self, phase: str = "paper", seconds_per_step: dict[str, float] | None = None,
+                       *, seeds: int | None = None, lambdas: str | None = None) -> float:
+        """Rough single-CPU seconds for ``runs(phase=...)`` (see :func:`estimate_run_seconds`)."""
+        phase = resolve_phase(phase, lambdas, "estimated_cost")
+        return sum(estimate_run_seconds(r, seconds_per_step) for r in self.runs(seeds=seeds, phase=phase))
 
     def _n_seeds(self, seeds: int | None, smoke: bool) -> int:
         n = seeds if seeds is not None else (1 if smoke else self.seeds)
@@ -358,40 +374,3 @@ def _smoke(config: RunConfig) -> RunConfig:
     batch = min(config.resolved_recipe().batch_size, 16)
     overrides = dict(config.overrides) | {"steps": 5, "eval_points": 1, "batch_size": batch}
     return dataclasses.replace(config, train_size=size, overrides=tuple(overrides.items()), max_eval=100)
-
-
-# --- helpers to write the experiments as data ------------------------------------------------------
-
-
-def _config(dataset: str, train_size: int | None, *, batchnorm: bool = False, terms=(), **overrides) -> RunConfig:
-    """A seed-0 RunConfig (it drops overrides equal to the recipe's values, so the same run written in
-    two experiments has the same key)."""
-    return RunConfig(dataset=dataset, train_size=train_size, batchnorm=batchnorm,
-                     overrides=tuple(overrides.items()), terms=terms)
-
-
-def _mnist(train_size: int = 2000, **kw) -> RunConfig:
-    return _config("mnist", train_size, **kw)
-
-
-def _base(row: str, column: str, config: RunConfig, paper=None, **kw) -> Cell:
-    return Cell(row, column, config, paper=paper, baseline=True, **kw)
-
-
-def _reg(row: str, column: str, config: RunConfig, term: str, lam: float | None, paper=None, *,
-         fallback: float | None = None, tuned: bool = True, **kw) -> Cell:
-    return Cell(row, column, config, term=term, paper_lambda=lam, grid=regularizer_info(term).grid if tuned else (),
-                paper=paper, fallback_lambda=fallback, **kw)
-
-
-def _sweep(row: str, config: RunConfig, term: str, values: dict[float, float | None], *,
-           scale: float = 1.0, std=None, metric: str = "test_acc") -> list[Cell]:
-    """One series over λ (columns "λ" as %g): λ = 0 is the baseline cell, λ > 0 the term at that λ."""
-    cells = []
-    for lam, value in values.items():
-        paper = None if value is None else (value * scale, std)
-        if lam == 0:
-            cells.append(_base(row, "0", config, paper, metric=metric))
-        else:
-            cells.append(_reg(row, f"{lam:g}", config, term, lam, paper, tuned=False, metric=metric))
-    return cells

@@ -5,7 +5,7 @@ size per method, and each method's gain over the baseline; figure3: learning cur
 and squared weight norm against the DataGrad λ per weight decay; figure5/figure6 (and table7): SIN fits
 for several λ with the training points and the true function. Any other experiment gets a generic plot
 of its cells (ours with std error bars, the paper's values as open markers). Phase 1 of a λ selection
-(``lambdas="grid"``) draws the dev metric against λ per tuned cell, as ``<name>_dev``.
+(``phase="grid"``) draws the dev metric against λ per tuned cell, as ``<name>_dev``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import re
 import statistics
 from pathlib import Path
 
+from .experiment import resolve_phase
 from .experiments import Experiment
 from .selection import CellStats, collect, dev_metric, dev_seed_count, grid_stats
 from .store import ResultStore
@@ -282,20 +283,22 @@ def _figure_grid(experiment, stats, chosen):
 
 
 def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | Path, *,
-                    lambdas: str = "paper", seeds: int | None = None,
-                    dev_seeds: int | None = None, paired: bool = False) -> list[Path]:
+                    phase: str = "paper", seeds: int | None = None,
+                    dev_seeds: int | None = None, paired: bool = False, lambdas: str | None = None) -> list[Path]:
     """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
 
-    ``lambdas="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds.
+    ``phase="grid"``: phase 1 of the λ selection over ``dev_seeds`` (default ``seeds``) dev seeds
+    (``lambdas=`` is the deprecated name of ``phase=``).
     ``paired``: gains' error bars (Figure 2's right panel) from the per-seed differences (:func:`collect`).
     Files are named ``<experiment>[_<row>...][_vs-<row>][_paired][_dev|_selected].png`` (and ``.svg``):
     the paper-λ figure, phase 1 and phase 2 of each row subset (``Experiment.with_rows``), reference row
     (``Experiment.with_reference_row``) and test each get their own.
     """
+    phase = resolve_phase(phase, lambdas, "plot_experiment")
     name = experiment.name
     # one file per phase, row subset and reference row, so that no plot overwrites another's figure
     stem = "_".join([name, *map(_slug, experiment.only_rows)])
-    if lambdas == "grid":  # compares each λ with the chosen one: no reference row in its name
+    if phase == "grid":  # compares each λ with the chosen one: no reference row in its name
         stats, chosen = grid_stats(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         fig = _figure_grid(experiment, stats, chosen)
         paths = _save(fig, Path(out_dir), f"{stem}_dev")
@@ -305,8 +308,8 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
         stem += f"_vs-{_slug(experiment.reference_row)}"
     if paired:
         stem += "_paired"
-    stats = collect(experiment, store, lambdas=lambdas, seeds=seeds, dev_seeds=dev_seeds, paired=paired)
-    if lambdas == "selected":
+    stats = collect(experiment, store, phase=phase, seeds=seeds, dev_seeds=dev_seeds, paired=paired)
+    if phase == "selected":
         experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")
     if name == "figure2" or _columns_are_train_sizes(experiment):
         fig = _figure_sizes(experiment, stats, store, out_dir)
@@ -322,6 +325,6 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
         fig = _figure_sin(experiment, stats, store, out_dir)
     else:
         fig = _generic(experiment, stats, store, out_dir)
-    paths = _save(fig, Path(out_dir), f"{stem}_selected" if lambdas == "selected" else stem)
+    paths = _save(fig, Path(out_dir), f"{stem}_selected" if phase == "selected" else stem)
     _pyplot().close(fig)
     return paths

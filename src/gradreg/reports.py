@@ -11,7 +11,7 @@ In an experiment file::
     [[reports]]
     table = "figure2_500_selected"     # results/figure2_500_selected.md and .csv
     db = "figure2/mnist.db"            # under results/; default: the experiment's database
-    lambdas = "selected"               # paper (default), grid or selected
+    phase = "selected"                 # the λ selection's phase: paper (default), grid or selected
     seeds = 5
     dev_seeds = 3
     paired = true
@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["Report", "report_from_dict", "REPORT_KEYS"]
 
-REPORT_KEYS = ("table", "db", "lambdas", "seeds", "dev_seeds", "grid_window", "rows", "against", "paired", "set")
+REPORT_KEYS = ("table", "db", "phase", "seeds", "dev_seeds", "grid_window", "rows", "against", "paired", "set")
 _TABLE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 
@@ -35,7 +35,7 @@ class Report:
 
     table: str                                   # results/<table>.md and .csv (may hold a subfolder)
     db: str | None = None                        # under results/; None: the experiment's database
-    lambdas: str = "paper"
+    phase: str = "paper"                         # paper, grid or selected (gradreg.selection)
     seeds: int | None = None
     dev_seeds: int | None = None
     grid_window: int | None = None
@@ -50,13 +50,13 @@ class Report:
         if not _TABLE.fullmatch(self.table) or ".." in self.table.split("/"):
             raise ValueError(f"table must be a file stem under results/ (letters, digits, _ . - and /), "
                              f"got {self.table!r}")
-        if self.lambdas not in ("paper", "grid", "selected"):
-            raise ValueError(f"table {self.table}: lambdas must be paper, grid or selected, got {self.lambdas!r}")
+        if self.phase not in ("paper", "grid", "selected"):
+            raise ValueError(f"table {self.table}: phase must be paper, grid or selected, got {self.phase!r}")
         for key in ("seeds", "dev_seeds", "grid_window"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"table {self.table}: {key} must be a non-negative integer, got {value!r}")
-        if self.lambdas == "grid" and (self.against or self.paired):
+        if self.phase == "grid" and (self.against or self.paired):
             raise ValueError(f"table {self.table}: a grid report compares each λ with the chosen one; "
                              "against/paired are for the paper and selected phases")
 
@@ -66,7 +66,7 @@ class Report:
 
     def arguments(self) -> list[str]:
         """The options of ``gradreg report`` (after the experiment) that make this table."""
-        args = [] if self.lambdas == "paper" else ["--lambdas", self.lambdas]
+        args = [] if self.phase == "paper" else ["--phase", self.phase]
         for key in ("seeds", "dev_seeds", "grid_window"):
             value = getattr(self, key)
             if value is not None:
@@ -86,12 +86,17 @@ def report_from_dict(entry: dict[str, Any], where: str) -> Report:
     """A :class:`Report` from an experiment file's ``[[reports]]`` entry; errors name ``where``."""
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected a table ([[reports]]), got {entry!r}")
+    entry = dict(entry)
+    if "lambdas" in entry:  # the key's old name, for files written with it
+        if "phase" in entry:
+            raise ValueError(f"{where}: give phase alone (lambdas is its old name)")
+        entry["phase"] = entry.pop("lambdas")
     unknown = sorted(set(entry) - set(REPORT_KEYS))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(REPORT_KEYS)}")
     if "table" not in entry:
         raise ValueError(f"{where}: needs a table (the file stem under results/)")
-    kinds = {"table": str, "db": str, "lambdas": str, "against": str, "paired": bool, "rows": list, "set": dict}
+    kinds = {"table": str, "db": str, "phase": str, "against": str, "paired": bool, "rows": list, "set": dict}
     for key, kind in kinds.items():
         if key in entry and not isinstance(entry[key], kind):
             raise ValueError(f"{where}: {key} must be a {kind.__name__}, got {entry[key]!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .experiments import Cell, Experiment, PlannedRun
+from .experiment import resolve_phase
 from .store import ResultStore
 
 __all__ = ["CellStats", "collect", "select_lambdas", "grid_stats", "plan_phase", "dev_metric", "dev_seed_count",
@@ -164,7 +165,7 @@ def _choose(experiment: Experiment, stats: dict, require_complete: bool) -> dict
             st = stats[(cell.key, lam)]
             if require_complete and (st.missing or st.failed):
                 raise ValueError(f"{experiment.name} {cell.key}: λ={lam:g} has {st.missing} missing and "
-                                 f"{st.failed} failed dev runs; run `gradreg sweep {experiment.name} --lambdas grid` "
+                                 f"{st.failed} failed dev runs; run `gradreg sweep {experiment.name} --phase grid` "
                                  f"first (with the same --grid-window, and --dev-seeds if it ran fewer dev seeds)")
             if not st.n:
                 continue
@@ -211,26 +212,28 @@ def grid_stats(experiment: Experiment, store: ResultStore, *, seeds: int | None 
 
 def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
     """CellStats per (cell key, λ) of phase 1, on the dev metric."""
-    return _gather(experiment.plan(lambdas="grid", seeds=seeds), store, lambda c: dev_metric(c.metric),
+    return _gather(experiment.plan(phase="grid", seeds=seeds), store, lambda c: dev_metric(c.metric),
                    group=lambda p: (p.cell.key, p.lam))
 
 
-def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper",
+def collect(experiment: Experiment, store: ResultStore, *, phase: str = "paper",
             seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
-            paired: bool = False) -> list[CellStats]:
+            paired: bool = False, lambdas: str | None = None) -> list[CellStats]:
     """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ), over
     ``seeds`` test seeds; the selection reads ``dev_seeds`` dev seeds per λ (default: ``seeds``).
 
     Each compared cell's ``p_value`` is Welch's test against its reference's runs, or with ``paired``
     a paired t-test over the seeds both have; either way Bonferroni-corrected over the table's
-    comparisons. ``delta`` is the difference of the two cells' means either way."""
-    if lambdas == "paper":
+    comparisons. ``delta`` is the difference of the two cells' means either way. ``phase``: ``paper``
+    or ``selected`` (``lambdas=`` is its deprecated name)."""
+    phase = resolve_phase(phase, lambdas, "collect")
+    if phase == "paper":
         plan = experiment.plan(seeds=seeds, smoke=smoke)
-    elif lambdas == "selected":
+    elif phase == "selected":
         best = select_lambdas(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         plan = experiment.select_plan(best, seeds=seeds, smoke=smoke)
     else:
-        raise ValueError(f"lambdas must be 'paper' or 'selected', got {lambdas!r}")
+        raise ValueError(f"phase must be 'paper' or 'selected', got {phase!r}")
     by_cell = _gather(plan, store, lambda c: c.metric)
     stats = [by_cell[c.key] for c in experiment.cells]
     comparisons = []
@@ -249,19 +252,21 @@ def collect(experiment: Experiment, store: ResultStore, *, lambdas: str = "paper
     return stats
 
 
-def plan_phase(experiment: Experiment, store: ResultStore | None, *, lambdas: str = "paper",
-               seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False
-               ) -> tuple[list[PlannedRun], dict[tuple[str, str], float]]:
+def plan_phase(experiment: Experiment, store: ResultStore | None, *, phase: str = "paper",
+               seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
+               lambdas: str | None = None) -> tuple[list[PlannedRun], dict[tuple[str, str], float]]:
     """The runs of one sweep phase and, for phase 2, the λ chosen on the dev set: ``paper`` (each
     cell's stated λ), ``grid`` (phase 1: every grid λ on ``dev_seeds`` or ``seeds`` dev seeds) or
-    ``selected`` (phase 2: the chosen λ on ``seeds`` test seeds; needs phase 1's runs in ``store``)."""
-    if lambdas == "paper":
-        return experiment.plan(lambdas=lambdas, seeds=seeds, smoke=smoke), {}
-    if lambdas == "grid":
-        return experiment.plan(lambdas=lambdas, seeds=dev_seed_count(seeds, dev_seeds), smoke=smoke), {}
-    if lambdas == "selected":
+    ``selected`` (phase 2: the chosen λ on ``seeds`` test seeds; needs phase 1's runs in ``store``).
+    ``lambdas=`` is the deprecated name of ``phase=``."""
+    phase = resolve_phase(phase, lambdas, "plan_phase")
+    if phase == "paper":
+        return experiment.plan(phase=phase, seeds=seeds, smoke=smoke), {}
+    if phase == "grid":
+        return experiment.plan(phase=phase, seeds=dev_seed_count(seeds, dev_seeds), smoke=smoke), {}
+    if phase == "selected":
         if store is None:
             raise ValueError("the selected phase reads phase 1's dev runs: it needs a results database")
         best = select_lambdas(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         return experiment.select_plan(best, seeds=seeds, smoke=smoke), best
-    raise ValueError(f"lambdas must be paper, grid or selected, got {lambdas!r}")
+    raise ValueError(f"phase must be paper, grid or selected, got {phase!r}")

@@ -21,8 +21,8 @@ describes an :class:`~gradreg.experiments.Experiment`: shared run settings, then
     [[cells]]
     row = "SpectReg"
     term = "spectreg"
-    lambda = 0.003                      # the λ of `--lambdas paper` (the stated λ)
-    grid = [0.001, 0.003, 0.01]         # optional: λ selection on dev seeds (--lambdas grid / selected)
+    lambda = 0.003                      # the λ of `--phase paper` (the stated λ)
+    grid = [0.001, 0.003, 0.01]         # optional: λ selection on dev seeds (--phase grid / selected)
 
 A λ curve instead of a table: one cell per value, in columns "0", "1", "3", "10"; λ = 0 is the
 unregularized run and the reference of the curve's other points (as in Table 7; each curve its own,
@@ -64,14 +64,30 @@ Your own model (or dataset, regularizer, recipe): register it in a Python file a
 
 Top-level keys: ``name``, ``title``, ``source`` (default: the file's path), ``seeds``, ``kind``
 (``"table"`` or ``"figure"``), ``notes``, ``metric`` (every cell's default: ``test_acc``, ``test_top5``,
-``test_mse`` or ``train_mse``), ``imports``, ``[run]``, ``[[columns]]`` (keys ``name`` and ``run``) and
-``[[cells]]``, ``[[reports]]``. Cell keys: ``row`` (required),
-``column`` (default: the dataset's name), ``term``, ``lambda``, ``lambdas``, ``grid``, ``baseline``, ``metric``,
-``paper`` (a published ``[mean, std]`` to print beside yours) and ``run`` (RunConfig fields over the
-file's ``[run]``; ``overrides`` are merged key by key). A cell with a ``grid`` but no ``lambda`` runs the
-grid's middle value (the upper one of an even grid) under ``--lambdas paper``. ``[[reports]]`` list the
-tables ``gradreg reproduce`` writes from the file's runs (keys: :mod:`gradreg.reports`). Unknown keys, values of
-the wrong type and names the paper's experiments use fail, naming the key and what is valid.
+``test_mse`` or ``train_mse``), ``order`` (``"entries"``, the default: cells in the order of their
+entries, each entry's columns in turn; ``"columns"``: column by column, as a table is read), ``imports``,
+``[run]``, ``[[columns]]`` (keys ``name`` and ``run``), ``[[cells]]`` and ``[[reports]]``. Cell keys:
+``row`` (required), ``column`` (default: the dataset's name), ``term``, ``lambda``, ``lambdas``,
+``grid``, ``tuned``, ``fallback_lambda``, ``baseline``, ``metric``, ``paper`` (a published ``[mean,
+std]``, ``[mean]`` or bare mean to print beside yours; beside ``lambdas``, a list with one per λ) and
+``run`` (RunConfig fields over the file's ``[run]``; ``overrides`` and ``terms`` are merged key by
+key). ``terms = { confidence_penalty = 0.01 }`` in a ``run`` table adds regularizers at fixed weights
+to every run of the cells it covers, besides each cell's own ``term``. ``tuned = true`` gives a cell
+its term's registered λ grid (the paper's, for the built-in regularizers) unless it lists a ``grid``;
+``tuned = false`` says its λ is fixed (no grid). A cell without a ``lambda`` runs ``fallback_lambda``
+under ``--phase paper`` (the stated stand-in where the paper gives no λ), else its grid's middle
+value (the upper one of an even grid). With ``[[columns]]``, ``lambda``, ``fallback_lambda`` and
+``paper`` may be tables giving each column its own value; a scalar ``fallback_lambda`` beside a
+``lambda`` table is the λ of the columns the table leaves out. ``[[reports]]`` list the tables
+``gradreg reproduce`` writes from the file's runs (keys: :mod:`gradreg.reports`). Unknown keys,
+values of the wrong type and names the paper's experiments use fail, naming the key and what is
+valid.
+
+The paper's own experiments are files in this format too: ``gradreg/paper/<name>.toml`` in the
+installed package (:data:`PAPER_NAMES`, read by :func:`paper_experiments` into
+:data:`gradreg.experiments.EXPERIMENTS`); they are the one place the paper's names may be used, and
+their runs live in the database of their first cell's dataset (``results/mnist.db``) rather than
+``results/<name>.db``.
 
 Runs are keyed by their settings, not by the data file's contents; a sweep over an ``npz`` file
 stores its sha256 beside each run and refuses to reuse runs of an earlier version of the file
@@ -79,15 +95,17 @@ stores its sha256 beside each run and refuses to reuse runs of an earlier versio
 """
 from __future__ import annotations
 
+import importlib.resources
 import math
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from .experiments import EXPERIMENTS, Cell, Experiment
+from .experiment import Cell, Experiment
 from .models import MODELS
 from .plugins import import_plugins, resolve_imports
+from .regularizers import regularizer_info
 from .reports import REPORT_KEYS, report_from_dict
 from .train import RunConfig
 
@@ -96,16 +114,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["load_experiment", "experiment_from_dict", "is_spec_path"]
+__all__ = ["load_experiment", "experiment_from_dict", "is_spec_path", "paper_experiments", "PAPER_NAMES"]
 
-_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "imports", "run", "columns", "cells",
-             "reports")
+_TOP_KEYS = ("name", "title", "source", "seeds", "kind", "notes", "metric", "order", "imports", "run", "columns",
+             "cells", "reports")
 _COLUMN_KEYS = ("name", "run")
-_CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "baseline", "metric", "paper", "run")
-# RunConfig's fields as TOML spells them; seed is set per run and terms by each cell's term and λ.
+_CELL_KEYS = ("row", "column", "term", "lambda", "lambdas", "grid", "tuned", "fallback_lambda", "baseline", "metric",
+              "paper", "run")
+_PER_COLUMN = ("lambda", "fallback_lambda", "paper")  # cell keys a table may give per column
+_ORDERS = ("entries", "columns")
+# RunConfig's fields as TOML spells them; seed is set per run, and each cell's term and λ join ``terms``.
 _RUN_TYPES: dict[str, type] = {"dataset": str, "train_size": int, "model": str, "batchnorm": bool, "recipe": str,
-                               "overrides": dict, "weight_convention": str, "batch_mode": str,
+                               "overrides": dict, "terms": dict, "weight_convention": str, "batch_mode": str,
                                "n_projections": int, "max_eval": int}
+_MERGED = ("overrides", "terms")  # run settings merged key by key
+# The paper's experiments: one file each in the package's paper/ folder (package data), named as the
+# experiment; listed in the paper's order (tables, figures, the poster's; investigations beside theirs).
+_PAPER = importlib.resources.files("gradreg") / "paper"
+PAPER_NAMES: tuple[str, ...] = (
+    "table1", "table2", "table2_cp", "table3", "table4", "table5", "table6", "table7", "sin_lownoise",
+    "figure2", "figure3", "figure4", "figure5", "figure6", "sin2", "poster_weight_decay", "poster_cp",
+    "poster_tinyimagenet", "poster_tinyimagenet_top5")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -132,14 +161,35 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ValueError(f"{path}: {e}") from None
 
 
+def paper_experiments() -> dict[str, Experiment]:
+    """The paper's experiments, read from the files of the package's ``paper/`` folder, in the order of
+    the paper (tables, figures, then the poster's; the investigations beside the table they extend)."""
+    out = {}
+    for name in PAPER_NAMES:
+        text = (_PAPER / f"{name}.toml").read_text(encoding="utf-8")
+        try:
+            out[name] = _experiment(tomllib.loads(text), name=name, source="", base=None, paper=True)
+        except (TypeError, ValueError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"gradreg/paper/{name}.toml: {e}") from None
+    return out
+
+
 def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", source: str = "",
                          base: str | Path | None = None) -> Experiment:
     """An :class:`Experiment` from a spec's parsed contents; ``name`` and ``source`` are the defaults,
     ``base`` the directory relative ``.py`` imports lie in (default: the current directory)."""
+    return _experiment(data, name=name, source=source, base=base, paper=False)
+
+
+def _experiment(data: dict[str, Any], *, name: str, source: str, base: str | Path | None,
+                paper: bool) -> Experiment:
+    """``experiment_from_dict``; ``paper``: one of the package's own files, which carry the paper's
+    names and keep their runs in the database of their first cell's dataset."""
     _check_keys(_table(data, "the file"), _TOP_KEYS, "top level")
     name = _get(data, "name", str, "top level", name)
-    if not _NAME.fullmatch(name) or name in EXPERIMENTS:
-        raise ValueError(f"name {name!r} " + ("is one of the paper's experiments" if name in EXPERIMENTS else
+    reserved = name in PAPER_NAMES and not paper
+    if not _NAME.fullmatch(name) or reserved:
+        raise ValueError(f"name {name!r} " + ("is one of the paper's experiments" if reserved else
                                                "must be letters, digits, '_', '-' or '.'")
                          + "; set another with name = \"...\" (it names the results database and figures)")
     imports = data.get("imports", [])
@@ -149,7 +199,7 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
     import_plugins(imports)  # before the checks below: they look the user's model up in the registry
     run = _settings({}, data.get("run", {}), "[run]")
     try:
-        RunConfig.from_dict(run)  # the shared settings' errors, reported once and as theirs
+        _run_config(run)  # the shared settings' errors, reported once and as theirs
     except (TypeError, ValueError) as e:
         raise ValueError(f"[run]: {e}") from None
     columns = _columns(data, run)
@@ -157,6 +207,11 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
     if not isinstance(cells_data, list) or not cells_data:
         raise ValueError("needs at least one [[cells]] entry")
     metric = _get(data, "metric", str, "top level", "test_acc")
+    order = _get(data, "order", str, "top level", "entries")
+    if order not in _ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, _ORDERS))}, got {order!r}")
+    if order == "columns" and not columns:
+        raise ValueError("order = \"columns\" lists the cells column by column: it needs [[columns]]")
     cells: list[Cell] = []
     for i, entry in enumerate(cells_data):
         where = f"cells[{i}]"
@@ -172,14 +227,22 @@ def experiment_from_dict(data: dict[str, Any], *, name: str = "experiment", sour
                     raise ValueError(f"column {placed['column']!r}: {e}" if columns else str(e)) from None
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
+    if order == "columns":  # stable: each column's cells in the order of their entries
+        cells.sort(key=lambda c: list(columns).index(c.column))
     reports = data.get("reports", [])
     if not isinstance(reports, list):
         raise ValueError(f"reports must be one or more [[reports]] entries (keys: {', '.join(REPORT_KEYS)})")
     top = "top level"
-    return Experiment(reports=tuple(report_from_dict(r, f"reports[{i}]") for i, r in enumerate(reports)), name=name, title=_get(data, "title", str, top, name),
+    return Experiment(reports=tuple(report_from_dict(r, f"reports[{i}]") for i, r in enumerate(reports)),
+                      name=name, title=_get(data, "title", str, top, name),
                       source=_get(data, "source", str, top, source), cells=tuple(cells),
                       seeds=_get(data, "seeds", int, top, 10), kind=_get(data, "kind", str, top, "table"),
-                      notes=_get(data, "notes", str, top, ""), db_name=name, imports=imports)
+                      notes=_get(data, "notes", str, top, ""), db_name=None if paper else name, imports=imports)
+
+
+def _run_config(settings: dict[str, Any]) -> RunConfig:
+    """The RunConfig of merged run settings (``terms``, a table of regularizer = λ, as pairs)."""
+    return RunConfig.from_dict(settings | {"terms": list(settings.get("terms", {}).items())})
 
 
 def _settings(run: dict[str, Any], value: Any, where: str) -> dict[str, Any]:
@@ -188,8 +251,9 @@ def _settings(run: dict[str, Any], value: Any, where: str) -> dict[str, Any]:
     own = _table(value, where)
     _check_run(own, where)
     merged = run | own
-    if "overrides" in run or "overrides" in own:
-        merged["overrides"] = dict(run.get("overrides", {})) | dict(own.get("overrides", {}))
+    for key in _MERGED:
+        if key in run or key in own:
+            merged[key] = dict(run.get(key, {})) | dict(own.get(key, {}))
     return merged
 
 
@@ -213,7 +277,7 @@ def _columns(data: dict[str, Any], run: dict[str, Any]) -> dict[str, dict[str, A
             raise ValueError(f"{where}: duplicate column name {name!r}")
         out[name] = _settings(run, entry.get("run", {}), f"{where}: run")
         try:
-            RunConfig.from_dict(out[name])
+            _run_config(out[name])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from None
     return out
@@ -222,12 +286,12 @@ def _columns(data: dict[str, Any], run: dict[str, Any]) -> dict[str, dict[str, A
 def _per_column(entry: dict[str, Any], columns: dict[str, dict[str, Any]],
                 run: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """The cell entry once per column it runs in, each with that column's shared run settings: without
-    [[columns]] the entry as written; with them every column, or the one it names, a ``lambda`` table
-    giving each column its own λ."""
-    lam = entry.get("lambda")
+    [[columns]] the entry as written; with them every column, or the one it names, a ``lambda``,
+    ``fallback_lambda`` or ``paper`` table giving each column its own value."""
+    tables = [k for k in _PER_COLUMN if isinstance(entry.get(k), dict)]
     if not columns:
-        if isinstance(lam, dict):
-            raise ValueError("lambda as a table (one λ per column) needs [[columns]]")
+        if tables:
+            raise ValueError(f"{tables[0]} as a table (one value per column) needs [[columns]]")
         return [(entry, run)]
     valid = ", ".join(map(repr, columns))
     if "lambdas" in entry:
@@ -239,38 +303,41 @@ def _per_column(entry: dict[str, Any], columns: dict[str, dict[str, Any]],
         names = [name]
     else:
         names = list(columns)
-    if isinstance(lam, dict):
-        unknown = sorted(set(lam) - set(names))
+    for key in tables:
+        unknown = sorted(set(entry[key]) - set(names))
         if unknown:
-            raise ValueError(f"lambda names column(s) {', '.join(map(repr, unknown))} the cell does not run in; "
+            raise ValueError(f"{key} names column(s) {', '.join(map(repr, unknown))} the cell does not run in; "
                              f"valid: {', '.join(map(repr, names))}")
     out = []
     for name in names:
         placed = dict(entry, column=name)
-        if isinstance(lam, dict):
-            del placed["lambda"]
-            if name in lam:
-                placed["lambda"] = lam[name]
+        for key in tables:
+            del placed[key]
+            if name in entry[key]:
+                placed[key] = entry[key][name]
+        if "lambda" in tables and "lambda" in placed and "fallback_lambda" not in tables:
+            placed.pop("fallback_lambda", None)  # the stand-in is for the columns the lambda table leaves out
         out.append((placed, columns[name]))
     return out
 
 
 def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell]:
-    config = RunConfig.from_dict(_settings(run, entry.get("run", {}), "run"))
+    config = _run_config(_settings(run, entry.get("run", {}), "run"))
     term = _get(entry, "term", str, "", None)
-    if term is not None and "lambda" not in entry and "lambdas" not in entry and not entry.get("grid"):
-        raise ValueError(f"term {term!r} needs a lambda, lambdas or a grid")
+    tuned = _get(entry, "tuned", bool, "", None)
+    if term is None and (tuned or "fallback_lambda" in entry):
+        raise ValueError(f"{'tuned' if tuned else 'fallback_lambda'} needs a term")
+    if term is not None and not ({"lambda", "lambdas", "fallback_lambda"} & set(entry) or entry.get("grid") or tuned):
+        raise ValueError(f"term {term!r} needs a lambda, lambdas, a grid, fallback_lambda or tuned = true")
+    if tuned is False and entry.get("grid"):
+        raise ValueError("tuned = false (the λ is fixed) goes without a grid")
     grid = tuple(_numbers(entry, "grid"))
-    paper = None
-    if "paper" in entry:
-        paper = _numbers(entry, "paper")
-        if not 1 <= len(paper) <= 2:
-            raise ValueError(f"paper must be [mean] or [mean, std], got {entry['paper']!r}")
-        paper = (paper[0], paper[1] if len(paper) == 2 else None)
+    if tuned and not grid:
+        grid = regularizer_info(term).grid  # the term's registered grid (the paper's, for its regularizers)
     common = dict(row=_get(entry, "row", str, "", ""), config=config, term=term,
                   metric=_get(entry, "metric", str, "", metric))
     if "lambdas" in entry:
-        clash = sorted({"lambda", "grid", "column", "baseline", "paper"} & set(entry))
+        clash = sorted({"lambda", "grid", "column", "baseline", "tuned", "fallback_lambda"} & set(entry))
         if clash:
             raise ValueError(f"lambdas (a λ curve: one column per value, λ = 0 its reference) goes without "
                              f"{', '.join(clash)}")
@@ -279,11 +346,34 @@ def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell
         values = _numbers(entry, "lambdas")
         if not values or values != sorted(set(values)):
             raise ValueError(f"lambdas must be increasing values >= 0, got {entry['lambdas']!r}")
-        return [Cell(column=f"{v:g}", paper_lambda=v, baseline=v == 0, **common) for v in values]
+        papers = [None] * len(values)
+        if "paper" in entry:
+            given = entry["paper"]
+            if not isinstance(given, list) or len(given) != len(values):
+                raise ValueError(f"paper beside lambdas must list one value per λ ({len(values)}): a mean or "
+                                 f"[mean, std] each, got {given!r}")
+            papers = [_paper(p, f"paper[{i}]") for i, p in enumerate(given)]
+        return [Cell(column=f"{v:g}", paper_lambda=v, baseline=v == 0, paper=p, **common)
+                for v, p in zip(values, papers)]
     lam = _number(entry["lambda"], "lambda") if "lambda" in entry else None
-    fallback = grid[len(grid) // 2] if lam is None and grid else None
+    if "fallback_lambda" in entry:
+        if lam is not None:
+            raise ValueError("fallback_lambda is the stand-in λ of a cell without a lambda; this one has one")
+        fallback = _number(entry["fallback_lambda"], "fallback_lambda")
+    else:
+        fallback = grid[len(grid) // 2] if lam is None and grid else None
+    paper = _paper(entry["paper"], "paper") if "paper" in entry else None
     return [Cell(column=_get(entry, "column", str, "", config.dataset), paper_lambda=lam, grid=grid,
                  fallback_lambda=fallback, paper=paper, baseline=_get(entry, "baseline", bool, "", False), **common)]
+
+
+def _paper(value: Any, key: str) -> tuple[float, float | None]:
+    """A published value: a mean, or ``[mean]`` / ``[mean, std]``."""
+    values = value if isinstance(value, list) else [value]
+    if not 1 <= len(values) <= 2:
+        raise ValueError(f"{key} must be [mean] or [mean, std] (or the mean alone), got {value!r}")
+    numbers = [_number(v, f"each value of {key}" if isinstance(value, list) else key) for v in values]
+    return (numbers[0], numbers[1] if len(numbers) == 2 else None)
 
 
 def _check_run(run: dict[str, Any], where: str) -> None:

@@ -20,9 +20,9 @@ def _plan(exp, phase: str, seeds: Optional[int], smoke: bool, db: Path, dev_seed
 
     try:
         if phase != "selected":
-            return plan_phase(exp, None, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)[0]
+            return plan_phase(exp, None, phase=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)[0]
         with ResultStore(db, readonly=True) as store:
-            plan, best = plan_phase(exp, store, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
+            plan, best = plan_phase(exp, store, phase=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke)
     except ValueError as e:
         _fail(str(e))
     typer.echo("λ chosen on the dev set: " + ", ".join(f"{r}/{c}: {lam:g}" for (r, c), lam in best.items()))
@@ -58,7 +58,7 @@ def experiments(phase: str = _phase_option(),
     for name, exp in EXPERIMENTS.items():
         exp = exp.with_grid_window(grid_window)
         mode = "paper" if phase == "selected" else phase
-        runs = exp.runs(lambdas=mode, seeds=seeds)
+        runs = exp.runs(phase=mode, seeds=seeds)
         hours = sum(map(estimate_run_seconds, runs)) / 3600
         path = _db(db, exp)
         if path.exists():  # never create an empty database just to count nothing in it

@@ -52,7 +52,7 @@ def report(
             if phase == "grid":
                 stats, chosen = grid_stats(exp, store, seeds=dev_seed_count(seeds, dev_seeds))
             else:
-                stats = collect(exp, store, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke,
+                stats = collect(exp, store, phase=phase, seeds=seeds, dev_seeds=dev_seeds, smoke=smoke,
                                 paired=paired)
         except ValueError as e:
             _fail(str(e))
@@ -93,7 +93,7 @@ def plot(
     _check_grid_options(phase, against, paired)
     with _existing_store(db, experiment) as store:
         try:
-            paths = plot_experiment(exp, store, out, lambdas=phase, seeds=seeds, dev_seeds=dev_seeds,
+            paths = plot_experiment(exp, store, out, phase=phase, seeds=seeds, dev_seeds=dev_seeds,
                                     paired=paired)
         except ValueError as e:
             _fail(str(e))
@@ -137,7 +137,7 @@ def reproduce(
     commands = []
     if sweep_first:
         sweeps = {}
-        for r in sorted(exp.reports, key=lambda r: phases[r.lambdas]):
+        for r in sorted(exp.reports, key=lambda r: phases[r.phase]):
             args = [a for a in r.arguments() if a != "--paired"]
             if r.against:
                 i = args.index("--against")
@@ -174,7 +174,7 @@ def compare(
     from ..compare import compare_stores, markdown_comparison
 
     exp = _experiment(experiment, [], None, [], None)
-    plan = exp.plan(lambdas=phase, seeds=seeds)
+    plan = exp.plan(phase=phase, seeds=seeds)
     with _existing_store(db_a, experiment) as a, _existing_store(db_b, experiment) as b:
         try:
             text = markdown_comparison(compare_stores(plan, a, b, metric), str(db_a), str(db_b))
