@@ -3,7 +3,7 @@
 Three measurements (``--part``), each a ratio of wall times taken side by side on the same machine:
 
 ``sin``
-    Per-run throughput of G SIN runs trained as one group (``gradreg.grouped.train_group``) against
+    Per-run throughput of G SIN runs trained as one group (``gradreg.train.train_group``) against
     the same kind of runs trained one after another (``gradreg.train.train``), for several G.
     Spectreg at the paper's λ grid, so every run pays the double backward. Rounds alternate the
     variants; medians over rounds.
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import gradreg
 from gradreg.data import load_dataset
 from gradreg.experiments import get_experiment
-from gradreg.grouped import train_group
+from gradreg.train import train_group
 from gradreg.models import create_model
 from gradreg.objective import paper_weight
 from gradreg.regularizers import get_regularizer

@@ -9,12 +9,14 @@ from torch import nn
 
 import gradreg.sweep as sweep_mod
 from gradreg import data as data_mod
-from gradreg.grouped import GroupedModel, group_key, groupable, train_group
 from gradreg.models import create_model
+from gradreg.objective import Objective
+from gradreg.planner import group_key, groupable
+from gradreg.stacking import GroupedModel
 from gradreg.regularizers import REGULARIZERS, get_regularizer
 from gradreg.store import ResultStore
 from gradreg.sweep import auto_group_size, plan_tasks, run_sweep
-from gradreg.train import RunConfig, train
+from gradreg.train import RunConfig, train, train_group
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -82,6 +84,66 @@ def test_shared_projection_is_drawn_per_member():
         want = term(m, x[4 * g:4 * (g + 1)], generator=torch.Generator().manual_seed(g))
         torch.testing.assert_close(got[4 * g:4 * (g + 1)], want)
 
+
+
+@pytest.mark.parametrize("task", ["cross_entropy", "mse"])
+def test_objective_with_groups_gives_each_group_its_own_objective(task):
+    """Objective(groups=G): group g's loss, task and terms, and their weight gradients, are those of a
+    scalar Objective with g's weights on g's chunk and g's generator; a group whose weight is 0 gets 0
+    and draws nothing from its generator."""
+    models = _members("mlp", 3, (4,), 5)
+    grouped = GroupedModel(models)
+    x = torch.randn(3 * 6, 4, dtype=torch.float64)
+    y = torch.randint(0, 5, (3 * 6,)) if task == "cross_entropy" else torch.randn(3 * 6, 5, dtype=torch.float64)
+    spectreg, datagrad = (0.5, 0.0, 2.0), (0.1, 0.3, 0.0)
+    objective = Objective(task, [(spectreg, "spectreg"), (torch.tensor(datagrad), "datagrad"), (0.2, "frobreg")],
+                          groups=3)
+    out = objective(grouped, x, y, generator=[torch.Generator().manual_seed(10 + g) for g in range(3)])
+    assert out.loss.shape == out.task.shape == (3,) and all(t.shape == (3,) for t in out.terms.values())
+    out.loss.sum().backward()
+    for g, (m, xb, yb) in enumerate(zip(models, x.split(6), y.split(6))):
+        gen = torch.Generator().manual_seed(10 + g)
+        alone = Objective(task, [(spectreg[g], "spectreg"), (datagrad[g], "datagrad"), (0.2, "frobreg")])
+        want = alone(m, xb, yb, generator=gen)
+        torch.testing.assert_close(out.loss[g], want.loss)
+        torch.testing.assert_close(out.task[g], want.task)
+        for name in want.terms:
+            torch.testing.assert_close(out.terms[name][g], want.terms[name])
+        assert gen.get_state().equal(torch.Generator().manual_seed(10 + g).get_state()) == (spectreg[g] == 0)
+        want.loss.backward()
+        for p_group, p in zip(grouped.stacked, m.parameters()):
+            torch.testing.assert_close(p_group.grad[g], p.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_objective_groups_errors_are_clear():
+    with pytest.raises(ValueError, match="needs Objective\\(..., groups=N\\)"):
+        Objective("cross_entropy", [((0.1, 0.2), "spectreg")])
+    with pytest.raises(ValueError, match="3 weights for groups=2"):
+        Objective("cross_entropy", [((0.1, 0.2, 0.3), "spectreg")], groups=2)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        Objective("cross_entropy", [((0.1, -1.0), "spectreg")], groups=2)
+    with pytest.raises(ValueError, match="groups must be None or an integer >= 1"):
+        Objective("cross_entropy", groups=0)
+    objective = Objective("cross_entropy", [(0.1, "spectreg")], groups=2)
+    model = GroupedModel(_members("mlp", 2, (4,), 3))
+    with pytest.raises(ValueError, match="needs a batch divisible by 2"):
+        objective(model, torch.randn(5, 4, dtype=torch.float64), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="unlabeled= and groups="):
+        objective(model, torch.randn(4, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
+                  unlabeled=torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs each sample's own loss"):
+        Objective(lambda z, y: (z - z).sum(), groups=2)(model, torch.randn(4, 4, dtype=torch.float64),
+                                                        torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("config", [sin_config(2, (("spectreg", 0.03),)),
+                                    digits_config(1, (("datagrad", 50.0),))], ids=["sin", "digits"])
+def test_a_group_of_one_is_the_run_alone_bit_for_bit(config):
+    """One loop: train() is the group-of-one case, so train_group([c]) and train(c) agree exactly."""
+    ds = data_mod.load_dataset(config.dataset)
+    alone, (grouped,) = train(config, dataset=ds, progress=False), train_group([config], dataset=ds, progress=False)
+    assert grouped.extras.pop("group_size") == 1
+    assert (alone.status, alone.metrics, alone.curve) == (grouped.status, grouped.metrics, grouped.curve)
 
 def _assert_same_run(solo, grouped, rel=1e-4):
     assert solo.status == grouped.status

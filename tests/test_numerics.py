@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gradreg import numerics
-from gradreg.grouped import train_group
+from gradreg.train import train_group
 from gradreg.store import ResultStore
 from gradreg.sweep import run_sweep
 from gradreg.train import RunConfig, train

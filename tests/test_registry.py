@@ -11,7 +11,8 @@ import gradreg
 from gradreg.cost import STEP_SECONDS, estimate_run_seconds
 from gradreg.data import DATASET_INFO, DATASETS, dataset_info
 from gradreg.experiments import GRIDS
-from gradreg.grouped import GROUPABLE_MODELS, groupable, train_group
+from gradreg.planner import GROUPABLE_MODELS, groupable
+from gradreg.train import train_group
 from gradreg.models import model_info
 from gradreg.recipes import DEFAULT_RECIPE, RECIPES
 from gradreg.regularizers import DATAGRAD_GRID, SPECTREG_GRID, regularizer_info

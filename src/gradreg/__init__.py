@@ -10,8 +10,8 @@ from .data import DATASETS, DataError, Dataset, DatasetInfo, dataset_info, load_
 from .models import (MODELS, ModelInfo, StreamDropout, count_parameters, create_model, model_info, register_model,
                      use_dropout_stream)
 from .recipes import RECIPES, Recipe, get_recipe
-from .train import RunConfig, RunResult
-from .grouped import GroupedModel, train_group
+from .stacking import GroupedModel
+from .train import RunConfig, RunResult, train_group
 from .experiments import EXPERIMENTS, Cell, Experiment, get_experiment
 from .spec import load_experiment
 from .plugins import import_plugins

@@ -80,7 +80,7 @@ class StreamDropout(nn.Dropout):
     The mask is drawn as ``F.dropout`` draws it on CPU: ``empty_like(x).bernoulli_(1 - p)`` divided by
     ``1 - p``, here from ``generator``. On CPU a StreamDropout whose generator holds the global state
     therefore gives ``nn.Dropout``'s masks bit for bit. Why a run's dropout has its own stream: G runs
-    trained as one group (:mod:`gradreg.grouped`) can then each replay their own masks, and solo and
+    trained as one group (:func:`gradreg.train.train_group`) can then each replay their own masks, and solo and
     grouped runs agree on CUDA too, whose fused dropout kernel lays out its random numbers differently.
     A given ``noise`` buffer (the scaled mask; set by grouped training) is used instead of a draw.
     """

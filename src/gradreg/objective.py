@@ -76,11 +76,18 @@ class Objective:
 
     Under ``torch.no_grad()`` or ``torch.inference_mode()`` every part is computed and returned without
     a graph (validation logging).
+
+    ``groups=G``: the batch is G equal chunks, each one run's (a :class:`~gradreg.GroupedModel`'s
+    members, or any model whose output rows depend on their own chunk only). A weight may then be G
+    values, one per group (a scalar applies to all), and ``loss``, ``task`` and every term come back as
+    ``(G,)`` tensors: group g's task-loss mean plus its own weighted term means, as that run alone would
+    get them. ``generator`` may be G generators, one per chunk; a group whose weight for a term is 0
+    draws nothing from its generator for that term, as a run without the term draws nothing.
     """
 
     def __init__(self, task_loss: str | Callable[[Tensor, Tensor], Tensor] = "cross_entropy",
                  terms: Sequence[tuple[Any, Regularizer | str]] = (), *, wrt: Any = None, output: Any = None,
-                 couples_batch: bool | None = None):
+                 couples_batch: bool | None = None, groups: int | None = None):
         if isinstance(task_loss, str):
             if task_loss not in TASK_LOSSES:
                 raise ValueError(f"unknown task loss {task_loss!r}; valid: {', '.join(sorted(TASK_LOSSES))}")
@@ -93,7 +100,10 @@ class Objective:
         if couples_batch not in (None, True, False):
             raise ValueError(f"couples_batch must be None, True or False, got {couples_batch!r}")
         self.couples_batch = couples_batch
-        self.terms: list[tuple[float, Regularizer]] = []
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
+            raise ValueError(f"groups must be None or an integer >= 1, got {groups!r}")
+        self.groups = groups
+        self.terms: list[tuple[float | tuple[float, ...], Regularizer]] = []
         for pair in terms:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise ValueError(f"each term must be a (weight, regularizer) pair, got {pair!r}")
@@ -107,7 +117,7 @@ class Objective:
                                  "logits for the task loss and every term")
             if term.wrt is None and self.wrt is not None:  # the term reads its features= from its own wrt
                 term = dataclasses.replace(term, wrt=self.wrt)
-            self.terms.append((_weight(weight, term.name), term))
+            self.terms.append((_weights(weight, term.name, groups), term))
         self.names = _unique_names([t.name for _, t in self.terms])
 
     def __repr__(self) -> str:
@@ -117,6 +127,8 @@ class Objective:
                  generator: torch.Generator | Sequence[torch.Generator] | None = None) -> ObjectiveOutput:
         """``x``: a tensor, a tuple (``model(*x)``) or a dict (``model(**x)``); ``unlabeled``: extra rows
         of the same structure; ``generator``: as the terms take it (a sequence: one per equal chunk)."""
+        if self.groups is not None and unlabeled is not None:
+            raise ValueError("unlabeled= and groups= do not go together: each group is one run's labeled chunk")
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             return self._run(model, x, y, unlabeled, generator, differentiable=True)
         with torch.inference_mode(False), torch.enable_grad():
@@ -125,8 +137,11 @@ class Objective:
                                terms={k: v.detach() for k, v in out.terms.items()})
 
     def _run(self, model, x, y, unlabeled, generator, differentiable: bool) -> ObjectiveOutput:
-        active = [(w, t, n, t.wrt or self.wrt or INPUT) for (w, t), n in zip(self.terms, self.names) if w > 0]
-        b = batch_size(x)
+        active = [(w, t, n, t.wrt or self.wrt or INPUT) for (w, t), n in zip(self.terms, self.names)
+                  if max(w if isinstance(w, tuple) else (w,)) > 0]
+        b, groups = batch_size(x), self.groups
+        if groups is not None and b % groups:
+            raise ValueError(f"groups={groups} needs a batch divisible by {groups}, got {b} rows")
         if unlabeled is not None:
             x = concat_inputs(x, unlabeled)
         detect = self.couples_batch is None and any(
@@ -137,10 +152,13 @@ class Objective:
         labeled = logits if unlabeled is None else logits[:b]  # no view node when there is nothing to cut
         if isinstance(y, Tensor) and y.is_inference():  # made under inference mode: cannot be saved for backward
             y = y.clone()
-        task = self.task_loss(labeled, y)
-        if task.dim() > 0:  # a callable returning per-sample values
-            task = _per_sample_values(task, labeled.shape[0], self.task_loss).mean()
-        zero = torch.zeros((), device=task.device, dtype=task.dtype)
+        if groups is not None:
+            task = self._sample_loss(labeled, y).view(groups, -1).mean(1)
+        else:
+            task = self.task_loss(labeled, y)
+            if task.dim() > 0:  # a callable returning per-sample values
+                task = _per_sample_values(task, labeled.shape[0], self.task_loss).mean()
+        zero = torch.zeros(() if groups is None else (groups,), device=task.device, dtype=task.dtype)
         loss, parts = task, dict.fromkeys(self.names, zero)  # every term, in the terms' order
         plain = isinstance(x, Tensor) and self.output is None
         for weight, term, name, wrt in active:
@@ -152,12 +170,41 @@ class Objective:
             if term.needs_labels:  # DataGrad, fd_datagrad: differentiated unless the term has its own loss=
                 extras["sample_loss"] = self._sample_loss
             # Label-free terms also see the unlabeled rows; all differentiate w.r.t. the whole tensor.
+            gen = generator if groups is None else _member_generators(generator, weight)
             value = evaluate_term(term, model, fwd.tensors.get(key), labeled if term.needs_labels else logits,
-                                  y if term.needs_labels else None, generator=generator,
+                                  y if term.needs_labels else None, generator=gen,
                                   differentiable=differentiable, plain=plain and is_plain(wrt), **extras)
-            parts[name] = value.mean()
-            loss = loss + weight * parts[name]
+            if groups is None:
+                parts[name] = value.mean()
+                loss = loss + weight * parts[name]
+            else:
+                on = torch.tensor([w > 0 for w in weight], device=value.device)
+                parts[name] = torch.where(on, value.view(groups, -1).mean(1), 0.0)
+                loss = loss + torch.tensor(weight, device=task.device, dtype=task.dtype) * parts[name]
         return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)
+
+
+def _weights(weight, name: str, groups: int | None) -> float | tuple[float, ...]:
+    """One weight, or with ``groups`` one per group (a scalar applies to every group)."""
+    many = isinstance(weight, (list, tuple)) or (isinstance(weight, Tensor) and weight.dim() == 1) \
+        or (type(weight).__name__ == "ndarray" and getattr(weight, "ndim", 0) == 1)
+    if groups is None:
+        if many:
+            raise ValueError(f"{name}: one weight per group ({len(weight)} values) needs Objective(..., groups=N)")
+        return _weight(weight, name)
+    values = [_weight(w, name) for w in weight] if many else [_weight(weight, name)] * groups
+    if len(values) != groups:
+        raise ValueError(f"{name}: {len(values)} weights for groups={groups}; give one per group or a scalar")
+    return tuple(values)
+
+
+def _member_generators(generator, weights: tuple[float, ...]):
+    """Per-group generators for a term: a group whose weight is 0 gets a scratch generator, so its own
+    stream stays where a run without the term would leave it (its values are masked out anyway)."""
+    if generator is None or isinstance(generator, torch.Generator) or min(weights) > 0:
+        return generator
+    return [g if w > 0 else torch.Generator(device=g.device).manual_seed(i)
+            for i, (g, w) in enumerate(zip(generator, weights))]
 
 
 def _weight(weight, name: str) -> float:
@@ -201,7 +248,8 @@ def _per_sample_values(values: Tensor, n: int, fn) -> Tensor:
     name = getattr(fn, "__name__", type(fn).__name__)
     raise ValueError(
         f"the task loss {name} gives {tuple(values.shape)} for a batch of {n}, not one value per sample: "
-        "DataGrad differentiates each sample's own loss. Pass a task loss that accepts reduction='none' "
+        "DataGrad (and an Objective with groups=) needs each sample's own loss. Pass a task loss that "
+        "accepts reduction='none' "
         "(as F.cross_entropy does) or returns per-sample values (B,), or give DataGrad its own loss=")
 
 

@@ -6,7 +6,7 @@ most the runs in flight, and running the same sweep again trains only what is mi
 may share one database: claims are atomic, so no run is trained twice.
 
 Runs are trained in *tasks*: a single run, or a group of runs that differ only in seed and λ trained
-as one vectorized computation (:mod:`gradreg.grouped`) where that pays (:func:`auto_group_size`). A
+as one vectorized computation where that pays (:mod:`gradreg.planner`). A
 task's runs are claimed together and stored one by one as the task ends; if the task raises, all its
 runs are recorded as failed.
 
@@ -21,7 +21,6 @@ Backends:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -33,19 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import group_failures
-from .grouped import group_key, groupable, train_group
-from .models import MODEL_INFO
 from .plugins import Imports, import_plugins, resolve_imports
 from .store import STATUSES, ResultStore, owner_id
 from .sweep_data import _DATASETS, _check_data, _dataset, _preflight, _stop_on_data_error  # noqa: F401 (_DATASETS: tests)
-from .train import RunConfig, RunResult, resolve_device, train
+from .planner import auto_group_size, plan_tasks  # noqa: F401 (importable from here)
+from .train import RunConfig, RunResult, resolve_device, train, train_group
 
 __all__ = ["BACKENDS", "SweepSummary", "auto_group_size", "default_workers", "plan_tasks", "run_sweep"]
 
 BACKENDS = ("local", "ray")
 HEARTBEAT_SECONDS = 30.0  # a tenth of the store's default stale_after: a few missed beats are harmless
 OUTCOMES = ("done", "diverged", "failed", "busy")
-CPU_GROUP_SIZE = 50  # SIN MLPs per group on CPU; see auto_group_size
 
 
 @dataclass
@@ -127,7 +124,7 @@ class _Heartbeat:
 
 
 def _train_task(configs: list[RunConfig], *, data_dir: Any, device: str, progress: bool) -> list[RunResult]:
-    """Train one task: a single run, or a group trained as one (:mod:`gradreg.grouped`)."""
+    """Train one task: a single run, or a group trained as one (:func:`gradreg.train.train_group`)."""
     ds = _dataset(configs[0].dataset, data_dir)
     if len(configs) == 1:
         results = [train(configs[0], dataset=ds, data_dir=data_dir, device=device, progress=progress)]
@@ -184,51 +181,6 @@ def _run_task(store: ResultStore, configs: list[RunConfig], owner: str, *, data_
 
 
 # -- the sweep ------------------------------------------------------------------------------------
-
-def auto_group_size(config: RunConfig, device: str = "auto") -> int:
-    """How many runs like ``config`` to train as one group (1: not grouped).
-
-    Measured on a 2-core CPU (benchmarks/bench_grouped.py): SIN MLPs train 5.7x faster per run in
-    groups of 50 (5.2x in groups of 100) than one by one; stacked LeNet-5s were not faster than single
-    runs there; BatchNorm runs are not stacked (see :func:`gradreg.grouped.groupable`).
-    On CUDA a group fills the device that one small run leaves idle:
-    about 8192 rows per step (unmeasured here; no GPU was available).
-    """
-    if not groupable(config):
-        return 1
-    if resolve_device(device).type == "cuda":
-        return max(1, min(128, 8192 // config.resolved_recipe().batch_size))
-    return CPU_GROUP_SIZE if MODEL_INFO[config.model_name].group_on_cpu else 1  # register_model(group_on_cpu=)
-
-
-def plan_tasks(configs: list[RunConfig], *, group_size: int | None = None, workers: int = 1,
-               device: str = "auto") -> list[list[RunConfig]]:
-    """Split runs into tasks: groups of runs sharing a :func:`~gradreg.grouped.group_key`, at most
-    ``group_size`` each (None: :func:`auto_group_size`), and at least ``workers`` tasks where the runs
-    allow it, so that no worker idles while another trains one huge group. Tasks of equal size keep
-    the order of their first run in ``configs``."""
-    if group_size is not None and group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if not configs:
-        return []
-    by_key: dict[str, list[RunConfig]] = {}
-    for c in configs:
-        by_key.setdefault(group_key(c), []).append(c)
-    tasks: list[list[RunConfig]] = []
-    for members in by_key.values():
-        size = group_size if group_size is not None else auto_group_size(members[0], device)
-        size = size if groupable(members[0]) else 1
-        n = math.ceil(len(members) / size)
-        tasks += [members[i::n] for i in range(n)]  # equal sizes; the order within each is kept
-    while len(tasks) < workers and max(len(t) for t in tasks) > 1:
-        biggest = max(tasks, key=len)
-        tasks.remove(biggest)
-        tasks += [biggest[0::2], biggest[1::2]]
-    # Largest first, so the small ones fill in at the end; among equals, the callers' order (a task's
-    # first run is its earliest: the slicing above keeps order), so a seed-major plan stays seed-major.
-    position = {c.key(): i for i, c in reversed(list(enumerate(configs)))}
-    return sorted(tasks, key=lambda t: (-len(t), position[t[0].key()]))
-
 
 def _as_configs(configs: Iterable[RunConfig | dict[str, Any]]) -> list[RunConfig]:
     """Configs as RunConfig objects, de-duplicated by key (first occurrence kept, order preserved)."""

@@ -1,20 +1,20 @@
-"""One run: a frozen RunConfig -> trained model -> metrics (the paper's protocol, Section 6).
+"""The training loop: runs of :class:`~gradreg.run_config.RunConfig` -> trained models -> metrics
+(the paper's protocol, Section 6).
 
-Seeds are first-class: the run's ``seed`` derives separate streams for the training subset, the
-initialization (and dropout), the minibatch order and the regularizers' random projections, so
-changing one never shifts another. The same config gives the same numbers on the same machine.
+One loop trains every run. :func:`train` is one run; :func:`train_group` is G runs that differ only in
+seed and λ, stacked into one :class:`~gradreg.GroupedModel` and trained as one vectorized computation,
+each member on its own training subset, initialization, batch order and projections, as it would be
+alone. The objective (task loss plus weighted terms) is :class:`~gradreg.Objective`, with one weight
+per member in a group (``groups=G``). A run whose loss turns non-finite is recorded as diverged; in a
+group it is frozen and the others go on.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import itertools
-import json
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,155 +23,15 @@ from torch import Tensor, nn
 from . import data as data_mod
 from .models import create_model, use_dropout_stream
 from .numerics import flush_denormal as _flush_denormal
-from .objective import Objective, paper_weight
-from .recipes import RECIPES, Recipe, get_recipe
-from .registry import MetadataView
-from .regularizers import get_regularizer
+from .objective import Objective
+from .planner import GROUPABLE_MODELS, group_key, groupable
+from .recipes import Recipe
+from .run_config import (DEFAULT_MODEL, DEFAULT_TRAIN_SIZE, RunConfig, RunResult,  # noqa: F401 (importable from here)
+                         resolve_device, term_weights)
+from .stacking import GroupedModel
 
-__all__ = ["RunConfig", "RunResult", "train", "evaluate", "metrics", "resolve_device", "DEFAULT_MODEL"]
-
-# A dataset's default model and training-set size are registered with it (register_dataset); these
-# read-only views read that registry.
-DEFAULT_MODEL: Mapping[str, str] = MetadataView(data_mod.DATASET_INFO, "model")
-DEFAULT_TRAIN_SIZE: Mapping[str, int] = MetadataView(data_mod.DATASET_INFO, "train_size")
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines a run's result (not where its data lies or which device runs it)."""
-
-    dataset: str = "digits"
-    train_size: int | None = None          # points drawn from the pool; None: the dataset's (or the pool)
-    model: str | None = None               # None: the dataset's registered model
-    batchnorm: bool = False
-    recipe: str | None = None              # None: the dataset's registered recipe
-    overrides: tuple[tuple[str, Any], ...] = ()   # recipe overrides, e.g. (("weight_decay", 0.0),)
-    terms: tuple[tuple[str, float], ...] = ()     # (regularizer, λ) pairs
-    weight_convention: str = "paper"       # λ as the paper writes it, or "gradreg" (batch-size independent)
-    batch_mode: str = "batch"              # the paper's batch-summed form; same as "sample" without BatchNorm
-    n_projections: int = 1
-    seed: int = 0
-    max_eval: int | None = None            # cap on dev/test points (smoke runs only)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "overrides", tuple(sorted((str(k), v) for k, v in dict(self.overrides).items())))
-        object.__setattr__(self, "terms", tuple((str(n), float(w)) for n, w in self.terms))
-        if self.weight_convention not in ("paper", "gradreg"):
-            raise ValueError(f"weight_convention must be 'paper' or 'gradreg', got {self.weight_convention!r}")
-        if self.dataset not in data_mod.DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data_mod.DATASETS))}")
-        if self.train_size is None:
-            object.__setattr__(self, "train_size", data_mod.dataset_info(self.dataset).train_size)
-        if self.train_size is not None and self.train_size < 1:
-            raise ValueError(f"train_size must be >= 1, got {self.train_size}")
-        for name, weight in self.terms:
-            get_regularizer(name, **self._term_options(name))  # unknown names fail here, listing valid ones
-            if not math.isfinite(weight) or weight < 0:
-                raise ValueError(f"{name}: weight must be a finite number >= 0, got {weight}")
-        # Store overrides as the recipe's typed values so "300" and 300 give the same run key, and drop
-        # those equal to the recipe's own value: a run has one key however its recipe was spelled.
-        recipe, base = self.resolved_recipe(), self.base_recipe()
-        object.__setattr__(self, "overrides", tuple((k, getattr(recipe, k)) for k, _ in self.overrides
-                                                    if getattr(recipe, k) != getattr(base, k)))
-
-    def _term_options(self, name: str) -> dict[str, Any]:
-        if name == "confidence_penalty":
-            return {}
-        opts: dict[str, Any] = {"batch_mode": self.batch_mode}
-        if name in ("spectreg", "spectreg_spherical", "randomonehot"):
-            opts["n_projections"] = self.n_projections
-        # DataGrad is given no loss: it differentiates the run's own per-sample task loss (the objective's,
-        # which train() and train_group() pick from the loaded dataset's task), whatever the dataset.
-        return opts
-
-    @property
-    def model_name(self) -> str:
-        return self.model or data_mod.dataset_info(self.dataset).model
-
-    def base_recipe(self) -> Recipe:
-        """The named recipe (or the dataset's), before overrides."""
-        return get_recipe(self.recipe or data_mod.dataset_info(self.dataset).recipe)
-
-    def resolved_recipe(self) -> Recipe:
-        return self.base_recipe().replace(**dict(self.overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["overrides"] = dict(self.overrides)
-        d["terms"] = [list(t) for t in self.terms]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        """The config of ``to_dict()`` or of ``resolved_dict()`` (a results row): the latter names its
-        recipe by its values, and gets back the registered recipe those values and overrides come from."""
-        d = dict(d)
-        d["overrides"] = tuple(dict(d.get("overrides", {})).items())
-        d["terms"] = tuple(tuple(t) for t in d.get("terms", ()))
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown run config key(s): {', '.join(unknown)}")
-        if isinstance(d.get("recipe"), dict):
-            return cls._from_resolved(d)
-        return cls(**d)
-
-    @classmethod
-    def _from_resolved(cls, d: dict[str, Any]) -> "RunConfig":
-        want = _canonical(d | {"overrides": dict(d["overrides"]), "terms": [list(t) for t in d["terms"]]})
-        # The dataset's own model and recipe first: a config leaves those unset unless it chose others.
-        for model, recipe in itertools.product((None, d["model"]), (None, *sorted(RECIPES))):
-            try:
-                candidate = cls(**(d | {"model": model, "recipe": recipe}))
-            except (TypeError, ValueError):
-                continue
-            if _canonical(candidate.resolved_dict()) == want:
-                return candidate
-        raise ValueError(f"a stored run config whose recipe values match no registered recipe with its "
-                         f"overrides: {d['recipe']}")
-
-    def resolved_dict(self) -> dict[str, Any]:
-        """What the run is: ``to_dict()`` with the model's name and the recipe's values filled in. Results
-        rows store it, and :meth:`key` hashes exactly it, so a row says what ran even after a recipe's
-        or a dataset's defaults change."""
-        return self.to_dict() | {"model": self.model_name, "recipe": dataclasses.asdict(self.resolved_recipe())}
-
-    def key(self) -> str:
-        """A stable hash of :meth:`resolved_dict`: the run's identity in the results store."""
-        return hashlib.sha256(_canonical(self.resolved_dict()).encode()).hexdigest()[:16]
-
-    def seed_for(self, stream: str) -> int:
-        return int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:7], "little")
-
-
-def _canonical(d: dict[str, Any]) -> str:
-    return json.dumps(d, sort_keys=True)
-
-
-@dataclass
-class RunResult:
-    config: RunConfig
-    status: str                               # "done" or "diverged" ("failed" is set by the sweep)
-    metrics: dict[str, float] = field(default_factory=dict)
-    curve: list[dict[str, float]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.resolved_dict(), "key": self.config.key(), "status": self.status,
-                "metrics": self.metrics, "curve": self.curve, "extras": self.extras,
-                "seconds": self.seconds, "error": self.error}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _weight_penalty(model: nn.Module) -> Tensor:
-    """sum(w**2) over weight tensors (dim > 1: conv and dense kernels), the paper's weight decay term."""
-    return sum(p.pow(2).sum() for p in model.parameters() if p.dim() > 1)
+__all__ = ["RunConfig", "RunResult", "train", "train_group", "evaluate", "metrics", "resolve_device",
+           "DEFAULT_MODEL"]
 
 
 def _augment(x: Tensor, gen: torch.Generator, pad: int = 4) -> Tensor:
@@ -239,11 +99,6 @@ def make_optimizer(params, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, recipe.milestones(), gamma=recipe.lr_factor)
 
 
-def term_weights(config: RunConfig, batch: int) -> list[tuple[float, Any]]:
-    """``(λ in gradreg's convention, regularizer)`` for each of the run's terms."""
-    convert = paper_weight if config.weight_convention == "paper" else (lambda n, w, b: w)
-    return [(convert(n, w, batch), get_regularizer(n, **config._term_options(n))) for n, w in config.terms]
-
 
 def eval_steps(recipe: Recipe) -> list[int]:
     """The steps where the learning curve gets a point (the last one is the run's result)."""
@@ -298,85 +153,189 @@ def train(config: RunConfig, *, dataset: data_mod.Dataset | None = None, data_di
     """Train one run and return its metrics. A non-finite loss stops it early as ``diverged``.
 
     ``memory_format`` (:func:`use_channels_last`) and ``flush_denormal`` (:func:`flushing_subnormals`,
-    on by default) change speed and the last float digits, not the run.
+    on by default) change speed and the last float digits, not the run. ``keep_model``: the trained
+    model in ``extras["model"]``.
     """
+    return _train([config], dataset=dataset, data_dir=data_dir, device=device, progress=progress,
+                  keep_model=keep_model, memory_format=memory_format)[0]
+
+
+@flushing_subnormals
+def train_group(configs: Sequence[RunConfig], *, dataset: data_mod.Dataset | None = None, data_dir=None,
+                device: str | torch.device = "auto", progress: bool = True) -> list[RunResult]:
+    """Train runs that share a :func:`~gradreg.planner.group_key` together, stacked into one
+    :class:`~gradreg.GroupedModel`; one :class:`RunResult` per config, in order.
+
+    Each result matches ``train(config)`` alone to float tolerance (a group of one is ``train``
+    itself). ``seconds`` is the group's wall time divided by its size; ``extras["group_size"]`` is G.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    keys = {group_key(c) for c in configs}
+    if len(keys) > 1:
+        raise ValueError("train_group needs runs that differ only in seed and λ (equal group_key); "
+                         f"got {len(keys)} different groups")
+    if not groupable(configs[0]):
+        raise ValueError(f"{configs[0].model_name} (batchnorm={configs[0].batchnorm}) cannot train grouped; "
+                         f"groupable: {', '.join(sorted(GROUPABLE_MODELS))} without BatchNorm")
+    results = _train(configs, dataset=dataset, data_dir=data_dir, device=device, progress=progress)
+    for result in results:
+        result.extras["group_size"] = len(configs)
+    return results
+
+
+def _train(configs: list[RunConfig], *, dataset: data_mod.Dataset | None, data_dir, device: str | torch.device,
+           progress: bool, keep_model: bool = False, memory_format: str = "auto") -> list[RunResult]:
+    """The loop: G runs of one group (G = 1: a plain model, else a GroupedModel of G members)."""
     start = time.perf_counter()
     dev = resolve_device(device)
-    recipe = config.resolved_recipe()
-    ds = dataset if dataset is not None else data_mod.load_dataset(config.dataset, data_dir)
-    idx = ds.subset_indices(config.train_size, config.seed_for("subset")).to(dev)
-    fmt = (torch.channels_last if use_channels_last(memory_format, dev, ds.x_pool.dim(), config.model_name)
+    first, G = configs[0], len(configs)
+    recipe = first.resolved_recipe()
+    ds = dataset if dataset is not None else data_mod.load_dataset(first.dataset, data_dir)
+    idx = [ds.subset_indices(c.train_size, c.seed_for("subset")).to(dev) for c in configs]
+    fmt = (torch.channels_last if G == 1 and use_channels_last(memory_format, dev, ds.x_pool.dim(), first.model_name)
            else torch.contiguous_format)
     x_pool, y_pool = ds.x_pool.to(dev, memory_format=fmt), ds.y_pool.to(dev)
-    n_eval = config.max_eval
+    n_eval = first.max_eval
     x_dev, y_dev = ds.x_dev[:n_eval].to(dev, memory_format=fmt), ds.y_dev[:n_eval].to(dev)
     x_test, y_test = ds.x_test[:n_eval].to(dev, memory_format=fmt), ds.y_test[:n_eval].to(dev)
 
-    model = init_model(config, ds, dev).to(memory_format=fmt)
+    members = [init_model(c, ds, dev) for c in configs]
+    model = members[0].to(memory_format=fmt) if G == 1 else GroupedModel(members).to(dev)
     opt, sched = make_optimizer(model.parameters(), recipe)
-    batch = min(recipe.batch_size, len(idx))
-    objective = Objective("mse" if ds.task == "regression" else "cross_entropy", term_weights(config, batch))
-    gen = {s: torch.Generator(device=dev).manual_seed(config.seed_for(s)) for s in ("order", "projection", "augment")}
+    batch = min(recipe.batch_size, len(idx[0]))
+    task_loss = "mse" if ds.task == "regression" else "cross_entropy"
+    weights = [term_weights(c, batch) for c in configs]
+    if G == 1:
+        objective = Objective(task_loss, weights[0])
+    else:  # term t of the group: one weight per member
+        objective = Objective(task_loss, [(tuple(w[t][0] for w in weights), reg)
+                                          for t, (_, reg) in enumerate(weights[0])], groups=G)
+    gen = {s: [torch.Generator(device=dev).manual_seed(c.seed_for(s)) for c in configs]
+           for s in ("order", "projection", "augment")}
+    projection = gen["projection"][0] if G == 1 else gen["projection"]
     eval_at = eval_steps(recipe)
 
-    result = RunResult(config=config, status="done")
-    running = torch.zeros(2 + len(objective.names), device=dev)  # loss, task, terms: summed between logs
-    n_running, perm, pos = 0, None, len(idx)
-    bar = _progress(recipe.steps, config, progress)
+    results = [RunResult(config=c, status="done") for c in configs]
+    alive = torch.ones(G, device=dev)
+    running = torch.zeros(G, 2 + len(objective.names), device=dev)  # loss, task, terms: summed between logs
+    n_running = 0
+    perms: list[Tensor | None] = [None] * G
+    pos = [len(i) for i in idx]
+    bar = _progress(recipe.steps, first, progress, G)
     for step in range(1, recipe.steps + 1):
-        if pos + batch > len(idx):
-            perm, pos = idx[torch.randperm(len(idx), generator=gen["order"], device=dev)], 0
-        b = perm[pos:pos + batch]
-        pos += batch
+        rows = []
+        for g in range(G):
+            if pos[g] + batch > len(idx[g]):
+                perms[g], pos[g] = idx[g][torch.randperm(len(idx[g]), generator=gen["order"][g], device=dev)], 0
+            rows.append(perms[g][pos[g]:pos[g] + batch])
+            pos[g] += batch
+        b = rows[0] if G == 1 else torch.cat(rows)
         xb, yb = x_pool[b], y_pool[b]
         if recipe.augment and xb.dim() == 4:
-            xb = _augment(xb, gen["augment"])
-        out = objective(model, xb, yb, generator=gen["projection"])
+            xb = _augment(xb, gen["augment"][0]) if G == 1 else \
+                torch.cat([_augment(c, gn) for c, gn in zip(xb.split(batch), gen["augment"])])
+        out = objective(model, xb, yb, generator=projection)
         loss = out.loss + recipe.weight_decay * _weight_penalty(model) if recipe.weight_decay else out.loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if G == 1 else (loss * alive).sum()).backward()
+        if not alive.all():  # a stopped member's data may still give 0·NaN gradients: keep it put
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad[alive == 0] = 0
         opt.step()
         sched.step()
-        running += torch.stack([loss.detach(), out.task.detach(), *(t.detach() for t in out.terms.values())])
+        running += torch.stack([loss.detach(), out.task.detach(), *(t.detach() for t in out.terms.values())],
+                               dim=-1).reshape(G, -1)
         n_running += 1
         if step in eval_at or step % 100 == 0:
-            avg = dict(zip(["loss", "task", *objective.names], (running / n_running).tolist()))
+            avg = (running / n_running).tolist()
             running.zero_()
             n_running = 0
-            if not all(math.isfinite(v) for v in avg.values()):
-                result.status, result.error = "diverged", f"non-finite loss at step {step}"
+            for g, res in enumerate(results):
+                if alive[g] and not all(math.isfinite(v) for v in avg[g]):
+                    res.status, res.error = "diverged", f"non-finite loss at step {step}"
+                    res.metrics.update(steps=step, weight_sq_norm=_sq_norm(model, g))
+                    alive[g] = 0
+                    if G > 1:
+                        model.freeze(g, opt)
+            if not alive.any():
                 break
             if bar is not None:
-                bar.set_postfix({k: f"{v:.4g}" for k, v in avg.items()}, refresh=False)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in zip(["loss", "task", *objective.names], avg[0])}
+                                if G == 1 else {"alive": int(alive.sum().item())}, refresh=False)
             if step in eval_at:
-                point = {"step": step, **{f"train_{k}": v for k, v in avg.items()}}
-                for split, xs, ys in (("dev", x_dev, y_dev), ("test", x_test, y_test)):
-                    if len(xs):
-                        point.update({f"{split}_{k}": v for k, v in
-                                      evaluate(model, xs, ys, ds.task, recipe.eval_batch_size).items()})
-                result.curve.append(point)
+                evals = {split: [metrics(o, ys, ds.task) for o in _outputs(model, xs, recipe.eval_batch_size)]
+                         for split, xs, ys in (("dev", x_dev, y_dev), ("test", x_test, y_test)) if len(xs)}
+                for g, res in enumerate(results):
+                    if alive[g]:
+                        point = {"step": step, **{f"train_{k}": v for k, v in
+                                                  zip(["loss", "task", *objective.names], avg[g])}}
+                        for split, per_member in evals.items():
+                            point.update({f"{split}_{k}": v for k, v in per_member[g].items()})
+                        res.curve.append(point)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
 
-    result.metrics["steps"] = step
-    result.metrics["weight_sq_norm"] = float(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
-    if result.status == "done" and result.curve:
-        result.metrics.update({k: v for k, v in result.curve[-1].items() if k != "step"})
-        train_eval = evaluate(model, x_pool[idx], y_pool[idx], ds.task, recipe.eval_batch_size)
-        result.metrics.update({f"train_{k}": v for k, v in train_eval.items() if k != "loss"})
-        mark_nonfinite_diverged(result)
-        if result.status == "done" and ds.task == "regression":
-            with torch.inference_mode():
-                model.eval()
+    seconds = (time.perf_counter() - start) / G
+    test_outs = _outputs(model, x_test, recipe.eval_batch_size) if ds.task == "regression" else None
+    train_outs = _own_outputs(model, x_pool, idx, recipe.eval_batch_size)
+    for g, res in enumerate(results):
+        res.seconds = seconds
+        if res.status != "done":
+            continue
+        res.metrics.update(steps=step, weight_sq_norm=_sq_norm(model, g))
+        if res.curve:
+            res.metrics.update({k: v for k, v in res.curve[-1].items() if k != "step"})
+            res.metrics.update({f"train_{k}": v for k, v in metrics(train_outs[g], y_pool[idx[g]], ds.task).items()
+                                if k != "loss"})
+            mark_nonfinite_diverged(res)
+            if test_outs is not None and res.status == "done":
                 # Six decimals are far below the fits' errors and keep the results database small.
-                for name, values in (("test_pred", model(x_test)), ("train_x", x_pool[idx]), ("train_y", y_pool[idx])):
-                    result.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]
-    result.seconds = time.perf_counter() - start
+                for name, values in (("test_pred", test_outs[g]), ("train_x", x_pool[idx[g]]),
+                                     ("train_y", y_pool[idx[g]])):
+                    res.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]
     if keep_model:
-        result.extras["model"] = model
-    return result
+        for g, res in enumerate(results):
+            res.extras["model"] = model if G == 1 else model.member(g, members[g])
+    return results
+
+
+def _weight_penalty(model: nn.Module) -> Tensor:
+    """sum(w**2) over weight tensors (dim > 1: conv and dense kernels), the paper's weight decay term;
+    ``(G,)`` for a GroupedModel, one per member."""
+    if isinstance(model, GroupedModel):
+        return model.weight_penalty()
+    return sum(p.pow(2).sum() for p in model.parameters() if p.dim() > 1)
+
+
+def _sq_norm(model: nn.Module, g: int) -> float:
+    if isinstance(model, GroupedModel):
+        return model.sq_norm(g)
+    return float(sum(p.detach().pow(2).sum().item() for p in model.parameters()))
+
+
+@torch.inference_mode()
+def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """``(G, N, m)``: every member's eval-mode outputs on the same points ``x``, in chunks."""
+    if isinstance(model, GroupedModel):
+        rows = torch.arange(len(x), device=x.device)
+        return model.outputs(x, rows.unsqueeze(0).expand(model.size, len(x)), batch_size)
+    was_training = model.training
+    model.eval()
+    outs = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return outs.unsqueeze(0)
+
+
+def _own_outputs(model: nn.Module, x: Tensor, idx: list[Tensor], batch_size: int) -> Tensor:
+    """``(G, N, m)``: member g's eval-mode outputs on its own points ``x[idx[g]]``."""
+    if isinstance(model, GroupedModel):
+        return model.outputs(x, torch.stack(idx), batch_size)
+    return _outputs(model, x[idx[0]], batch_size)
 
 
 def mark_nonfinite_diverged(result: RunResult) -> None:
@@ -388,10 +347,10 @@ def mark_nonfinite_diverged(result: RunResult) -> None:
         result.status, result.error = "diverged", f"non-finite final metric(s): {', '.join(bad)}"
 
 
-def _progress(total: int, config: RunConfig, enabled: bool):
+def _progress(total: int, config: RunConfig, enabled: bool, group: int = 1):
     if not enabled:
         return None
     from tqdm.auto import tqdm
     terms = ",".join(f"{n}={w:g}" for n, w in config.terms) or "plain"
-    return tqdm(total=total, desc=f"{config.dataset} {terms} seed={config.seed}", unit="step",
-                dynamic_ncols=True, leave=False, mininterval=0.5)
+    desc = f"{config.dataset} {terms} seed={config.seed}" if group == 1 else f"{config.dataset} group of {group}"
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=False, mininterval=0.5)
