@@ -38,9 +38,8 @@ import bench_resnet  # noqa: E402
 
 import gradreg  # noqa: E402
 from gradreg.data import load_dataset  # noqa: E402
-from gradreg.train import train_group  # noqa: E402
 from gradreg.models import CifarResNet  # noqa: E402
-from gradreg.train import RunConfig, resolve_device, train  # noqa: E402
+from gradreg.train import RunConfig, resolve_device, train, train_group  # noqa: E402
 
 
 @dataclass(frozen=True)

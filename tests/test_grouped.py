@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -85,7 +86,6 @@ def test_shared_projection_is_drawn_per_member():
         torch.testing.assert_close(got[4 * g:4 * (g + 1)], want)
 
 
-
 @pytest.mark.parametrize("task", ["cross_entropy", "mse"])
 def test_objective_with_groups_gives_each_group_its_own_objective(task):
     """Objective(groups=G): group g's loss, task and terms, and their weight gradients, are those of a
@@ -96,38 +96,46 @@ def test_objective_with_groups_gives_each_group_its_own_objective(task):
     x = torch.randn(3 * 6, 4, dtype=torch.float64)
     y = torch.randint(0, 5, (3 * 6,)) if task == "cross_entropy" else torch.randn(3 * 6, 5, dtype=torch.float64)
     spectreg, datagrad = (0.5, 0.0, 2.0), (0.1, 0.3, 0.0)
-    objective = Objective(task, [(spectreg, "spectreg"), (torch.tensor(datagrad), "datagrad"), (0.2, "frobreg")],
-                          groups=3)
-    out = objective(grouped, x, y, generator=[torch.Generator().manual_seed(10 + g) for g in range(3)])
+    objective = Objective(task, [(spectreg, "spectreg"), (torch.tensor(datagrad, dtype=torch.float64), "datagrad"),
+                                 (0.2, "frobreg")], groups=3)
+    gens = [torch.Generator().manual_seed(10 + g) for g in range(3)]
+    out = objective(grouped, x, y, generator=gens)
+    parts = out.parts()
+    assert all(isinstance(v, list) and len(v) == 3 for v in parts.values())
     assert out.loss.shape == out.task.shape == (3,) and all(t.shape == (3,) for t in out.terms.values())
     out.loss.sum().backward()
     for g, (m, xb, yb) in enumerate(zip(models, x.split(6), y.split(6))):
-        gen = torch.Generator().manual_seed(10 + g)
         alone = Objective(task, [(spectreg[g], "spectreg"), (datagrad[g], "datagrad"), (0.2, "frobreg")])
-        want = alone(m, xb, yb, generator=gen)
+        want = alone(m, xb, yb, generator=torch.Generator().manual_seed(10 + g))
         torch.testing.assert_close(out.loss[g], want.loss)
         torch.testing.assert_close(out.task[g], want.task)
         for name in want.terms:
             torch.testing.assert_close(out.terms[name][g], want.terms[name])
-        assert gen.get_state().equal(torch.Generator().manual_seed(10 + g).get_state()) == (spectreg[g] == 0)
+        # The group's own generator moved exactly when its SpectReg weight is not 0.
+        assert gens[g].get_state().equal(torch.Generator().manual_seed(10 + g).get_state()) == (spectreg[g] == 0)
         want.loss.backward()
         for p_group, p in zip(grouped.stacked, m.parameters()):
             torch.testing.assert_close(p_group.grad[g], p.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_objective_groups_errors_are_clear():
-    with pytest.raises(ValueError, match="needs Objective\\(..., groups=N\\)"):
+    with pytest.raises(ValueError, match="one weight per group needs Objective\\(..., groups=N\\)"):
         Objective("cross_entropy", [((0.1, 0.2), "spectreg")])
     with pytest.raises(ValueError, match="3 weights for groups=2"):
         Objective("cross_entropy", [((0.1, 0.2, 0.3), "spectreg")], groups=2)
     with pytest.raises(ValueError, match="finite number >= 0"):
         Objective("cross_entropy", [((0.1, -1.0), "spectreg")], groups=2)
-    with pytest.raises(ValueError, match="groups must be None or an integer >= 1"):
-        Objective("cross_entropy", groups=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="groups must be None or an integer >= 1"):
+            Objective("cross_entropy", groups=bad)
+    assert Objective("cross_entropy", groups=np.int64(2)).groups == 2
     objective = Objective("cross_entropy", [(0.1, "spectreg")], groups=2)
     model = GroupedModel(_members("mlp", 2, (4,), 3))
     with pytest.raises(ValueError, match="needs a batch divisible by 2"):
         objective(model, torch.randn(5, 4, dtype=torch.float64), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="one generator, or one per group, not 3"):
+        objective(model, torch.randn(4, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
+                  generator=[torch.Generator()] * 3)
     with pytest.raises(ValueError, match="unlabeled= and groups="):
         objective(model, torch.randn(4, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
                   unlabeled=torch.randn(2, 4, dtype=torch.float64))

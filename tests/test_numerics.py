@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from gradreg import numerics
-from gradreg.train import train_group
 from gradreg.store import ResultStore
 from gradreg.sweep import run_sweep
-from gradreg.train import RunConfig, train
+from gradreg.train import RunConfig, train, train_group
 
 TINY = (("steps", 4), ("eval_points", 1))
 

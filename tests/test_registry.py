@@ -12,12 +12,11 @@ from gradreg.cost import STEP_SECONDS, estimate_run_seconds
 from gradreg.data import DATASET_INFO, DATASETS, dataset_info
 from gradreg.experiments import GRIDS
 from gradreg.planner import GROUPABLE_MODELS, groupable
-from gradreg.train import train_group
 from gradreg.models import model_info
 from gradreg.recipes import DEFAULT_RECIPE, RECIPES
 from gradreg.regularizers import DATAGRAD_GRID, SPECTREG_GRID, regularizer_info
 from gradreg.store import ResultStore
-from gradreg.train import DEFAULT_MODEL, DEFAULT_TRAIN_SIZE, RunConfig, init_model, train
+from gradreg.train import DEFAULT_MODEL, DEFAULT_TRAIN_SIZE, RunConfig, init_model, train, train_group
 
 
 @pytest.fixture

@@ -442,7 +442,10 @@ def test_fixed_terms_in_the_run_settings_and_paper_values_of_a_curve():
     ({"cells": [{"row": "a", "paper": {"x": 1}}]}, "paper as a table (one value per column) needs [[columns]]"),
     ({"order": "rows", "cells": [{"row": "a"}]}, "order must be one of 'entries', 'columns', got 'rows'"),
     ({"order": "columns", "cells": [{"row": "a"}]}, "order = \"columns\" lists the cells column by column: it needs"),
-    ({"run": {"terms": {"nope": 1}}, "cells": [{"row": "a"}]}, "[run]: "),
+    ({"run": {"terms": {"nope": 1}}, "cells": [{"row": "a"}]}, "[run]: unknown regularizer 'nope'"),
+    ({"run": {"terms": {"datagrad": True}}, "cells": [{"row": "a"}]}, "terms.datagrad must be a finite number"),
+    ({"run": {"terms": {"datagrad": "50"}}, "cells": [{"row": "a"}]}, "terms.datagrad must be a finite number"),
+    ({"cells": [{"row": "a", "term": "fd_spectreg", "tuned": True}]}, "registers none; give the cell a grid"),
     ({"columns": PAPER_COLUMNS, "cells": [{"row": "a", "term": "spectreg", "fallback_lambda": {"big": 1}}]},
      "fallback_lambda names column(s) 'big' the cell does not run in"),
 ])
@@ -461,7 +464,7 @@ def test_the_paper_files_are_the_paper_experiments_and_keep_their_names():
     folder = importlib.resources.files("gradreg") / "paper"
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".toml")) == sorted(
         f"{n}.toml" for n in PAPER_NAMES)
-    assert tuple(EXPERIMENTS) == PAPER_NAMES
+    assert tuple(EXPERIMENTS) == PAPER_NAMES and all(e.name == n for n, e in EXPERIMENTS.items())
     # cells, tuned cells and reports of each: what the paper's tables and figures hold
     assert {n: (len(e.cells), sum(c.tuned for c in e.cells), len(e.reports)) for n, e in EXPERIMENTS.items()} == {
         "table1": (9, 6, 1), "table2": (6, 5, 2), "table2_cp": (2, 0, 1), "table3": (4, 3, 0), "table4": (6, 4, 6),

@@ -54,14 +54,16 @@ DEV_SEED_OFFSET = 1000
 METRICS = ("test_acc", "test_top5", "test_mse", "train_mse")
 
 
-def resolve_phase(phase: str, lambdas: str | None, where: str) -> str:
-    """The phase given as ``phase=``, or as the keyword's old name ``lambdas=`` (a DeprecationWarning)."""
+def resolve_phase(phase: str | None, lambdas: str | None, where: str) -> str:
+    """The phase given as ``phase=`` (None: ``"paper"``), or as the keyword's old name ``lambdas=`` (a
+    DeprecationWarning)."""
     if lambdas is None:
-        return phase
+        return "paper" if phase is None else phase
     warnings.warn(f"{where}(lambdas=...) is deprecated; pass phase=...", DeprecationWarning, stacklevel=3)
-    if phase not in ("paper", lambdas):
+    if phase not in (None, lambdas):
         raise ValueError(f"{where}: phase={phase!r} and lambdas={lambdas!r} disagree; give phase alone")
     return lambdas
+
 
 # The paper's λ grids are registered with each term (gradreg.regularizers); GRIDS reads that registry.
 GRIDS: Mapping[str, tuple[float, ...]] = MetadataView(REGULARIZER_INFO, "grid")
@@ -305,7 +307,7 @@ class Experiment:
 
     # --- runs -------------------------------------------------------------------------------------
 
-    def plan(self, *, seeds: int | None = None, phase: str = "paper", smoke: bool = False,
+    def plan(self, *, seeds: int | None = None, phase: str | None = None, smoke: bool = False,
              lambdas: str | None = None) -> list[PlannedRun]:
         """``runs`` with each run's cell and λ attached."""
         phase = resolve_phase(phase, lambdas, "plan")
@@ -320,7 +322,7 @@ class Experiment:
             raise ValueError(f"phase must be 'paper' or 'grid', got {phase!r}")
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
-    def runs(self, *, seeds: int | None = None, phase: str = "paper", smoke: bool = False,
+    def runs(self, *, seeds: int | None = None, phase: str | None = None, smoke: bool = False,
              lambdas: str | None = None) -> list[RunConfig]:
         """The experiment's run configs, seed-major: every cell's (and λ's) first seed, then every
         cell's second, and so on, so a sweep stopped part-way leaves a balanced table, not some cells
@@ -355,7 +357,7 @@ class Experiment:
         :meth:`runs`."""
         return [p.config for p in self.select_plan(best, seeds=seeds, smoke=smoke)]
 
-    def estimated_cost(self, phase: str = "paper", seconds_per_step: dict[str, float] | None = None,
+    def estimated_cost(self, phase: str | None = None, seconds_per_step: dict[str, float] | None = None,
                        *, seeds: int | None = None, lambdas: str | None = None) -> float:
         """Rough single-CPU seconds for ``runs(phase=...)`` (see :func:`estimate_run_seconds`)."""
         phase = resolve_phase(phase, lambdas, "estimated_cost")

@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import math
 import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -51,8 +52,8 @@ class ObjectiveOutput:
     terms: dict[str, Tensor] = field(default_factory=dict)
     logits: Tensor | None = None
 
-    def parts(self) -> dict[str, float]:
-        """Plain floats for logging (one host sync for all parts)."""
+    def parts(self) -> dict[str, float | list[float]]:
+        """Plain floats for logging (one host sync for all parts); with ``groups=G``, a list of G per part."""
         names = ["loss", "task", *self.terms]
         values = torch.stack([self.loss.detach(), self.task.detach(), *(t.detach() for t in self.terms.values())])
         return dict(zip(names, values.float().cpu().tolist()))
@@ -100,9 +101,7 @@ class Objective:
         if couples_batch not in (None, True, False):
             raise ValueError(f"couples_batch must be None, True or False, got {couples_batch!r}")
         self.couples_batch = couples_batch
-        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
-            raise ValueError(f"groups must be None or an integer >= 1, got {groups!r}")
-        self.groups = groups
+        self.groups = None if groups is None else _groups(groups)
         self.terms: list[tuple[float | tuple[float, ...], Regularizer]] = []
         for pair in terms:
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -129,6 +128,9 @@ class Objective:
         of the same structure; ``generator``: as the terms take it (a sequence: one per equal chunk)."""
         if self.groups is not None and unlabeled is not None:
             raise ValueError("unlabeled= and groups= do not go together: each group is one run's labeled chunk")
+        if self.groups is not None and not (generator is None or isinstance(generator, torch.Generator)) \
+                and len(generator) != self.groups:
+            raise ValueError(f"groups={self.groups} takes one generator, or one per group, not {len(generator)}")
         if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             return self._run(model, x, y, unlabeled, generator, differentiable=True)
         with torch.inference_mode(False), torch.enable_grad():
@@ -184,13 +186,25 @@ class Objective:
         return ObjectiveOutput(loss=loss, task=task, terms=parts, logits=labeled)
 
 
+def _groups(groups) -> int:
+    """An integer >= 1 (any integral type: int, NumPy, 0-d tensor); bools refused."""
+    try:
+        n = None if isinstance(groups, bool) else operator.index(groups)
+    except TypeError:
+        n = None
+    if n is None or n < 1:
+        raise ValueError(f"groups must be None or an integer >= 1, got {groups!r}")
+    return n
+
+
 def _weights(weight, name: str, groups: int | None) -> float | tuple[float, ...]:
     """One weight, or with ``groups`` one per group (a scalar applies to every group)."""
     many = isinstance(weight, (list, tuple)) or (isinstance(weight, Tensor) and weight.dim() == 1) \
         or (type(weight).__name__ == "ndarray" and getattr(weight, "ndim", 0) == 1)
     if groups is None:
         if many:
-            raise ValueError(f"{name}: one weight per group ({len(weight)} values) needs Objective(..., groups=N)")
+            raise ValueError(f"{name}: weight must be a finite number >= 0 (one real scalar), got {weight!r}; "
+                             f"one weight per group needs Objective(..., groups=N)")
         return _weight(weight, name)
     values = [_weight(w, name) for w in weight] if many else [_weight(weight, name)] * groups
     if len(values) != groups:

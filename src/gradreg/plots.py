@@ -283,7 +283,7 @@ def _figure_grid(experiment, stats, chosen):
 
 
 def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | Path, *,
-                    phase: str = "paper", seeds: int | None = None,
+                    phase: str | None = None, seeds: int | None = None,
                     dev_seeds: int | None = None, paired: bool = False, lambdas: str | None = None) -> list[Path]:
     """Draw ``experiment`` from ``store`` into ``out_dir``; returns the files written.
 

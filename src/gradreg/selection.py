@@ -216,7 +216,7 @@ def _gather_grid(experiment: Experiment, store: ResultStore, seeds: int | None):
                    group=lambda p: (p.cell.key, p.lam))
 
 
-def collect(experiment: Experiment, store: ResultStore, *, phase: str = "paper",
+def collect(experiment: Experiment, store: ResultStore, *, phase: str | None = None,
             seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
             paired: bool = False, lambdas: str | None = None) -> list[CellStats]:
     """Per-cell statistics for the runs ``gradreg sweep`` planned (paper λ or dev-selected λ), over
@@ -252,7 +252,7 @@ def collect(experiment: Experiment, store: ResultStore, *, phase: str = "paper",
     return stats
 
 
-def plan_phase(experiment: Experiment, store: ResultStore | None, *, phase: str = "paper",
+def plan_phase(experiment: Experiment, store: ResultStore | None, *, phase: str | None = None,
                seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
                lambdas: str | None = None) -> tuple[list[PlannedRun], dict[tuple[str, str], float]]:
     """The runs of one sweep phase and, for phase 2, the λ chosen on the dev set: ``paper`` (each

@@ -242,7 +242,8 @@ def _experiment(data: dict[str, Any], *, name: str, source: str, base: str | Pat
 
 def _run_config(settings: dict[str, Any]) -> RunConfig:
     """The RunConfig of merged run settings (``terms``, a table of regularizer = λ, as pairs)."""
-    return RunConfig.from_dict(settings | {"terms": list(settings.get("terms", {}).items())})
+    terms = [(name, _number(lam, f"terms.{name}")) for name, lam in settings.get("terms", {}).items()]
+    return RunConfig.from_dict(settings | {"terms": terms})
 
 
 def _settings(run: dict[str, Any], value: Any, where: str) -> dict[str, Any]:
@@ -334,6 +335,9 @@ def _cells(entry: dict[str, Any], run: dict[str, Any], metric: str) -> list[Cell
     grid = tuple(_numbers(entry, "grid"))
     if tuned and not grid:
         grid = regularizer_info(term).grid  # the term's registered grid (the paper's, for its regularizers)
+        if not grid:
+            raise ValueError(f"tuned = true takes the term's registered λ grid, and {term!r} registers none; "
+                             f"give the cell a grid = [...]")
     common = dict(row=_get(entry, "row", str, "", ""), config=config, term=term,
                   metric=_get(entry, "metric", str, "", metric))
     if "lambdas" in entry:

@@ -153,7 +153,6 @@ class GroupedModel(nn.Module):
             model.get_buffer(n).copy_(getattr(self, "_b_" + n.replace(".", "_"))[g])
         return model
 
-
     @torch.inference_mode()
     def outputs(self, x: Tensor, rows: Tensor, batch_size: int) -> Tensor:
         """``(G, N, m)``: member g's outputs on ``x[rows[g]]`` in eval mode, gathered chunk by chunk so
@@ -187,6 +186,7 @@ class GroupedModel(nn.Module):
             for v in opt.state.get(p, {}).values():
                 if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == self.size:
                     v[g] = 0
+
 
 def _dropout_generator(model: nn.Module) -> torch.Generator | None:
     """The generator all of ``model``'s StreamDropout layers share, or None (no such one)."""

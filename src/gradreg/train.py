@@ -99,7 +99,6 @@ def make_optimizer(params, recipe: Recipe) -> tuple[torch.optim.Optimizer, torch
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, recipe.milestones(), gamma=recipe.lr_factor)
 
 
-
 def eval_steps(recipe: Recipe) -> list[int]:
     """The steps where the learning curve gets a point (the last one is the run's result)."""
     return sorted({max(1, round(recipe.steps * (i + 1) / recipe.eval_points)) for i in range(recipe.eval_points)})
@@ -280,11 +279,10 @@ def _train(configs: list[RunConfig], *, dataset: data_mod.Dataset | None, data_d
     if bar is not None:
         bar.close()
 
-    seconds = (time.perf_counter() - start) / G
-    test_outs = _outputs(model, x_test, recipe.eval_batch_size) if ds.task == "regression" else None
-    train_outs = _own_outputs(model, x_pool, idx, recipe.eval_batch_size)
+    finished = any(res.status == "done" and res.curve for res in results)
+    test_outs = _outputs(model, x_test, recipe.eval_batch_size) if finished and ds.task == "regression" else None
+    train_outs = _own_outputs(model, x_pool, idx, recipe.eval_batch_size) if finished else None
     for g, res in enumerate(results):
-        res.seconds = seconds
         if res.status != "done":
             continue
         res.metrics.update(steps=step, weight_sq_norm=_sq_norm(model, g))
@@ -298,8 +296,10 @@ def _train(configs: list[RunConfig], *, dataset: data_mod.Dataset | None, data_d
                 for name, values in (("test_pred", test_outs[g]), ("train_x", x_pool[idx[g]]),
                                      ("train_y", y_pool[idx[g]])):
                     res.extras[name] = [round(v, 6) for v in values.flatten().cpu().tolist()]
-    if keep_model:
-        for g, res in enumerate(results):
+    seconds = (time.perf_counter() - start) / G
+    for g, res in enumerate(results):
+        res.seconds = seconds
+        if keep_model:
             res.extras["model"] = model if G == 1 else model.member(g, members[g])
     return results
 
