@@ -3,6 +3,7 @@ results/specs/keras_lenet.py): they load, and the models differ from lenet5 only
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from gradreg.experiment import DEV_SEED_OFFSET
-from gradreg.models import create_model
+from gradreg.models import MODEL_INFO, MODELS, create_model
 from gradreg.plugins import import_plugins
 from gradreg.spec import load_experiment
 
@@ -20,7 +21,16 @@ SHAPE = dict(input_shape=(1, 28, 28), num_outputs=10)
 
 @pytest.fixture(scope="module", autouse=True)
 def keras_lenet():
+    """The plugin's models registered for this module's tests, and out of the registries after them."""
+    before, modules = set(MODELS), set(sys.modules)
     import_plugins([SPECS / "keras_lenet.py"])
+    yield
+    for name in set(MODELS) - before:
+        MODELS.pop(name)
+        MODEL_INFO.pop(name, None)
+    for module in set(sys.modules) - modules:
+        if module.startswith("gradreg_plugin_"):
+            del sys.modules[module]
 
 
 def _build(name: str, seed: int = 3, **kw) -> tuple[nn.Module, torch.Tensor]:
