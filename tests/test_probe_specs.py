@@ -73,3 +73,19 @@ def test_keras_bn_lenet_has_keras_batchnorm_defaults_and_needs_batchnorm():
     assert all(torch.equal(a, b) for a, b in zip(keras.state_dict().values(), plain.state_dict().values()))
     with pytest.raises(ValueError, match="needs batchnorm"):
         create_model("lenet5_keras_bn", **SHAPE, batchnorm=False)
+
+
+def test_baseline_probe_runs_its_arms_on_dev_seeds():
+    exp = load_experiment(SPECS / "probe_mnist_baseline.toml")
+    plan = exp.plan(phase="dev")
+    assert {p.seed for p in plan} == set(range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + 5))
+    arms = {p.cell.key: p.config for p in plan if p.seed == DEV_SEED_OFFSET}
+    assert arms[("glorot", "init")].model_name == "lenet5_glorot"
+    assert dict(arms[("glorot", "init")].overrides) == {"lr": 0.001}
+    assert arms[("lr=0.003", "lr")].overrides == () and arms[("lr=0.003", "lr")].terms == ()
+    keras = arms[("batchnorm, keras_bn", "BatchNorm")]
+    assert keras.batchnorm and keras.model_name == "lenet5_keras_bn" and dict(keras.overrides) == {"dropout": 0.0}
+    # one baseline per probe: the arm its column's others are compared with
+    assert sorted(c.key for c in exp.cells if c.baseline) == [("default", "init"), ("dropout=0", "BatchNorm"),
+                                                               ("lr=0.003", "lr")]
+

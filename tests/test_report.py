@@ -166,6 +166,22 @@ def test_missing_runs_are_counted_not_hidden(tmp_path):
     assert "missing=2" in markdown_table(exp, stats)
 
 
+
+def test_the_dev_phase_runs_the_paper_phase_on_dev_seeds_and_scores_the_dev_set(tmp_path):
+    """phase="dev" (probes): the paper phase's cells and λ on dev seeds, compared on the dev metric, so
+    a probe never touches the test seeds or reads a test accuracy."""
+    exp = get_experiment("table4")
+    paper, dev = exp.plan(seeds=3), exp.plan(phase="dev", seeds=3)
+    assert [(p.cell, p.lam, p.seed + DEV_SEED_OFFSET) for p in paper] == [(p.cell, p.lam, p.seed) for p in dev]
+    with ResultStore(tmp_path / "r.db") as store:
+        for p in dev:
+            put(store, p.config, dev_acc=90.0 + p.seed - DEV_SEED_OFFSET + (p.cell.row == "SpectReg"), test_acc=0.0)
+        stats = {st.cell.key: st for st in collect(exp, store, phase="dev", seeds=3)}
+        assert all(st.n == 0 for st in collect(exp, store, seeds=3))  # no test-seed run among them
+    spect = stats[("SpectReg", "no WD")]
+    assert spect.metric == "dev_acc" and spect.values == [91.0, 92.0, 93.0] and spect.delta == pytest.approx(1.0)
+    assert "on dev seeds, scored on the dev set (dev_acc)" in markdown_table(exp, list(stats.values()))
+
 def test_lambda_selection_uses_dev_metric_only(tmp_path):
     """The λ with the best mean dev accuracy wins, whatever the test accuracies say."""
     exp = get_experiment("table4")

@@ -1,5 +1,5 @@
-"""LeNet-5 with Keras' defaults of the paper's era, for the MNIST baseline probe's arms (`gradreg train --model
-lenet5_glorot --import results/specs/keras_lenet.py ...`, results/REPRODUCTION.md).
+"""LeNet-5 with Keras' defaults of the paper's era, for the MNIST baseline probe's arms
+(results/specs/probe_mnist_baseline.toml, results/REPRODUCTION.md).
 
 - ``lenet5_glorot``: Keras' initialization (Glorot-uniform weights, zero biases) instead of PyTorch's
   (Kaiming-uniform(a=√5) weights, small uniform biases). The Glorot draws continue the init seed stream

@@ -312,14 +312,15 @@ class Experiment:
         """``runs`` with each run's cell and λ attached."""
         phase = resolve_phase(phase, lambdas, "plan")
         n = self._n_seeds(seeds, smoke)
-        if phase == "paper":
+        if phase in ("paper", "dev"):
+            first = DEV_SEED_OFFSET if phase == "dev" else 0
             out = [PlannedRun(c, c.lambda_for_paper_mode, s, c.config_for(c.lambda_for_paper_mode, s))
-                   for s in range(n) for c in self.cells]
+                   for s in range(first, first + n) for c in self.cells]
         elif phase == "grid":
             out = [PlannedRun(c, lam, s, c.config_for(lam, s))
                    for s in range(DEV_SEED_OFFSET, DEV_SEED_OFFSET + n) for c in self.cells for lam in c.grid]
         else:
-            raise ValueError(f"phase must be 'paper' or 'grid', got {phase!r}")
+            raise ValueError(f"phase must be 'paper', 'dev' or 'grid', got {phase!r}")
         return [dataclasses.replace(p, config=_smoke(p.config)) for p in out] if smoke else out
 
     def runs(self, *, seeds: int | None = None, phase: str | None = None, smoke: bool = False,
@@ -329,6 +330,8 @@ class Experiment:
         complete and others empty.
 
         ``phase="paper"``: every cell at its paper λ (or documented stand-in), test seeds 0..n-1.
+        ``phase="dev"``: the same runs on dev seeds ``DEV_SEED_OFFSET + i``: probes that compare settings
+        on the dev set, never touching the test seeds' subsets, initializations and orders.
         ``phase="grid"``: phase 1 of the λ selection, every tuned cell at every λ of its grid, on dev
         seeds ``DEV_SEED_OFFSET + i`` (cells without a grid contribute nothing).
         ``smoke=True``: 5 steps, one evaluation on at most 100 points, at most 100 training points,

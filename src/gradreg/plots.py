@@ -309,8 +309,9 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
     if paired:
         stem += "_paired"
     stats = collect(experiment, store, phase=phase, seeds=seeds, dev_seeds=dev_seeds, paired=paired)
-    if phase == "selected":
-        experiment = dataclasses.replace(experiment, title=f"{experiment.title}, λ chosen on the dev set")
+    if phase in ("selected", "dev"):
+        how = "λ chosen on the dev set" if phase == "selected" else "dev seeds, dev set"
+        experiment = dataclasses.replace(experiment, title=f"{experiment.title}, {how}")
     if name == "figure2" or _columns_are_train_sizes(experiment):
         fig = _figure_sizes(experiment, stats, store, out_dir)
     elif name == "figure3":
@@ -325,6 +326,6 @@ def plot_experiment(experiment: Experiment, store: ResultStore, out_dir: str | P
         fig = _figure_sin(experiment, stats, store, out_dir)
     else:
         fig = _generic(experiment, stats, store, out_dir)
-    paths = _save(fig, Path(out_dir), f"{stem}_selected" if phase == "selected" else stem)
+    paths = _save(fig, Path(out_dir), stem + {"selected": "_selected", "dev": "_dev-seeds"}.get(phase, ""))
     _pyplot().close(fig)
     return paths

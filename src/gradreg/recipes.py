@@ -5,8 +5,8 @@ Deviations from the paper's text, each measured (see ``../shared/paper/NOTES.md`
 
 - MNIST: the paper says Adam with learning rate 0.1. With Adam that does not train (11.35% test
   accuracy: chance), so the rate was picked on the dev set (5 dev seeds, weight decay 0.0005,
-  ``results/probe_mnist_lr.csv``, each run ``gradreg train --dataset mnist --train-size 2000 --seed S
-  --set lr=V`` for S = 1000-1004; 0.001 from ``results/probe_mnist_init.csv``): dev accuracy 96.89 at
+  ``results/probe_mnist_lr.csv``, the column "lr" of ``results/specs/probe_mnist_baseline.toml``, dev
+  seeds 1000-1004; 0.001 from ``results/probe_mnist_init.csv``): dev accuracy 96.89 at
   0.0005, 97.15 at 0.001, 97.34 at 0.002, 97.35 at 0.003, 97.29 at 0.004. The recipe takes 0.003,
   the best mean. Adam's usual 0.001 (the superseded tables of ``results/lr0.001/``; rerun them with
   ``--set lr=0.001``) leaves the baseline about 0.2 points below the paper's.

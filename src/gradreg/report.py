@@ -73,8 +73,9 @@ def markdown_table(experiment: Experiment, stats: list[CellStats]) -> str:
     paper_note = " · the paper's value" if show_paper else ""
     test = ("a paired t-test over the seeds both cells have" if any(st.test == "paired" for st in stats)
             else "Welch's t-test")
+    on_dev = f" on dev seeds, scored on the dev set ({metric})" if metric.startswith("dev_") else ""
     lines = [f"### {experiment.name}: {experiment.title}{unit}", "",
-             f"Source: {experiment.source}. Cells: ours mean (std) over n runs{paper_note}. "
+             f"Source: {experiment.source}. Cells: ours mean (std) over n runs{on_dev}{paper_note}. "
              f"p: {test} against {_reference_text(experiment)}, Bonferroni-corrected over the table's "
              f"comparisons; * marks p < {ALPHA}.", ""]
     cols = experiment.columns

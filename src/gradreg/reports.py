@@ -11,7 +11,7 @@ In an experiment file::
     [[reports]]
     table = "figure2_500_selected"     # results/figure2_500_selected.md and .csv
     db = "figure2/mnist.db"            # under results/; default: the experiment's database
-    phase = "selected"                 # the λ selection's phase: paper (default), grid or selected
+    phase = "selected"                 # the λ selection's phase: paper (default), dev, grid or selected
     seeds = 5
     dev_seeds = 3
     paired = true
@@ -35,7 +35,7 @@ class Report:
 
     table: str                                   # results/<table>.md and .csv (may hold a subfolder)
     db: str | None = None                        # under results/; None: the experiment's database
-    phase: str = "paper"                         # paper, grid or selected (gradreg.selection)
+    phase: str = "paper"                         # paper, dev, grid or selected (gradreg.selection)
     seeds: int | None = None
     dev_seeds: int | None = None
     grid_window: int | None = None
@@ -50,8 +50,8 @@ class Report:
         if not _TABLE.fullmatch(self.table) or ".." in self.table.split("/"):
             raise ValueError(f"table must be a file stem under results/ (letters, digits, _ . - and /), "
                              f"got {self.table!r}")
-        if self.phase not in ("paper", "grid", "selected"):
-            raise ValueError(f"table {self.table}: phase must be paper, grid or selected, got {self.phase!r}")
+        if self.phase not in ("paper", "dev", "grid", "selected"):
+            raise ValueError(f"table {self.table}: phase must be paper, dev, grid or selected, got {self.phase!r}")
         for key in ("seeds", "dev_seeds", "grid_window"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):

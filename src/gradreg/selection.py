@@ -224,17 +224,18 @@ def collect(experiment: Experiment, store: ResultStore, *, phase: str | None = N
 
     Each compared cell's ``p_value`` is Welch's test against its reference's runs, or with ``paired``
     a paired t-test over the seeds both have; either way Bonferroni-corrected over the table's
-    comparisons. ``delta`` is the difference of the two cells' means either way. ``phase``: ``paper``
-    or ``selected`` (``lambdas=`` is its deprecated name)."""
+    comparisons. ``delta`` is the difference of the two cells' means either way. ``phase``: ``paper``,
+    ``dev`` (the paper phase's runs on dev seeds, scored on the dev metric) or ``selected`` (``lambdas=``
+    is its deprecated name)."""
     phase = resolve_phase(phase, lambdas, "collect")
-    if phase == "paper":
-        plan = experiment.plan(seeds=seeds, smoke=smoke)
+    if phase in ("paper", "dev"):
+        plan = experiment.plan(phase=phase, seeds=seeds, smoke=smoke)
     elif phase == "selected":
         best = select_lambdas(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         plan = experiment.select_plan(best, seeds=seeds, smoke=smoke)
     else:
-        raise ValueError(f"phase must be 'paper' or 'selected', got {phase!r}")
-    by_cell = _gather(plan, store, lambda c: c.metric)
+        raise ValueError(f"phase must be 'paper', 'dev' or 'selected', got {phase!r}")
+    by_cell = _gather(plan, store, (lambda c: dev_metric(c.metric)) if phase == "dev" else (lambda c: c.metric))
     stats = [by_cell[c.key] for c in experiment.cells]
     comparisons = []
     for st in stats:
@@ -256,11 +257,11 @@ def plan_phase(experiment: Experiment, store: ResultStore | None, *, phase: str 
                seeds: int | None = None, dev_seeds: int | None = None, smoke: bool = False,
                lambdas: str | None = None) -> tuple[list[PlannedRun], dict[tuple[str, str], float]]:
     """The runs of one sweep phase and, for phase 2, the λ chosen on the dev set: ``paper`` (each
-    cell's stated λ), ``grid`` (phase 1: every grid λ on ``dev_seeds`` or ``seeds`` dev seeds) or
+    cell's stated λ), ``dev`` (the same on dev seeds), ``grid`` (phase 1: every grid λ on ``dev_seeds`` or ``seeds`` dev seeds) or
     ``selected`` (phase 2: the chosen λ on ``seeds`` test seeds; needs phase 1's runs in ``store``).
     ``lambdas=`` is the deprecated name of ``phase=``."""
     phase = resolve_phase(phase, lambdas, "plan_phase")
-    if phase == "paper":
+    if phase in ("paper", "dev"):
         return experiment.plan(phase=phase, seeds=seeds, smoke=smoke), {}
     if phase == "grid":
         return experiment.plan(phase=phase, seeds=dev_seed_count(seeds, dev_seeds), smoke=smoke), {}
@@ -269,4 +270,4 @@ def plan_phase(experiment: Experiment, store: ResultStore | None, *, phase: str 
             raise ValueError("the selected phase reads phase 1's dev runs: it needs a results database")
         best = select_lambdas(experiment, store, seeds=dev_seed_count(seeds, dev_seeds))
         return experiment.select_plan(best, seeds=seeds, smoke=smoke), best
-    raise ValueError(f"phase must be paper, grid or selected, got {phase!r}")
+    raise ValueError(f"phase must be paper, dev, grid or selected, got {phase!r}")

@@ -103,7 +103,8 @@ def _existing_store(db: Path, experiment: str):
     return ResultStore(db, readonly=True)  # reading never writes: a read-only copy or folder works
 
 
-PHASE_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); grid: phase 1 "
+PHASE_HELP = ("paper: each cell at the paper's reported λ (an experiment file's stated lambda); dev: the same "
+              "runs on dev seeds, scored on the dev set (probes); grid: phase 1 "
               "of the λ selection (every grid λ on dev seeds); selected: phase 2 (the λ with the best mean "
               "dev metric, on test seeds)")
 LAMBDAS_HELP = PHASE_HELP  # the option's help under its old name, for importers
@@ -118,7 +119,7 @@ def _lambdas_option():
     return typer.Option(None, "--lambdas", hidden=True, help="the old spelling of --phase")
 
 
-def _phase(phase: str, lambdas: Optional[str], allowed: tuple[str, ...] = ("paper", "grid", "selected")) -> str:
+def _phase(phase: str, lambdas: Optional[str], allowed: tuple[str, ...] = ("paper", "dev", "grid", "selected")) -> str:
     """The phase given as ``--phase`` or its old spelling ``--lambdas``; errors name the spelling used."""
     flag, given = ("--lambdas", lambdas) if lambdas is not None else ("--phase", phase)
     if lambdas is not None and phase not in ("paper", lambdas):

@@ -133,7 +133,7 @@ def reproduce(
     if not exp.reports:
         _fail(f"{experiment} lists no reports; an experiment file lists them as [[reports]] entries "
               "(see gradreg.reports), or use `gradreg report`")
-    phases = {"paper": 0, "grid": 1, "selected": 2}
+    phases = {"paper": 0, "dev": 0, "grid": 1, "selected": 2}
     commands = []
     if sweep_first:
         sweeps = {}
