@@ -20,3 +20,15 @@ def _process_flush_mode_restored():
     else:
         os.environ[FLUSH_DENORMAL_ENV] = before
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture(autouse=True)
+def _model_registry_restored():
+    """Experiment files with `imports` (results/specs/keras_lenet.py) register models when a test loads
+    them; every test leaves the model registry as it found it, so later tests see the built-in one."""
+    from gradreg.models import MODEL_INFO, MODELS
+
+    models, info = dict(MODELS), dict(MODEL_INFO)
+    yield
+    MODELS.clear(), MODELS.update(models)
+    MODEL_INFO.clear(), MODEL_INFO.update(info)
