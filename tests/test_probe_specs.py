@@ -29,7 +29,7 @@ def keras_lenet():
         MODELS.pop(name)
         MODEL_INFO.pop(name, None)
     for module in set(sys.modules) - modules:
-        if module.startswith("gradreg_plugin_"):
+        if str(getattr(sys.modules[module], "__file__", None) or "").startswith(str(SPECS)):
             del sys.modules[module]
 
 
