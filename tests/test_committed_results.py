@@ -3,7 +3,6 @@ report`` makes from the committed results database, so no number in the record w
 left behind by a later run. After a sweep adds runs, run `gradreg reproduce <experiment>` and commit both."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,11 @@ def _committed() -> list[tuple[str, object, str]]:
     from gradreg.experiments import EXPERIMENTS
     from gradreg.spec import load_experiment
 
-    from gradreg.models import MODEL_INFO, MODELS
+    from conftest import model_registry_kept
 
     named = [(name, exp) for name, exp in EXPERIMENTS.items()]
-    models, info = dict(MODELS), dict(MODEL_INFO)
-    files = [(str(p), load_experiment(p)) for p in sorted((RESULTS / "specs").glob("*.toml"))]
-    # Loaded at collection, before any fixture: the models their imports register leave with them.
-    MODELS.clear(), MODELS.update(models)
-    MODEL_INFO.clear(), MODEL_INFO.update(info)
-    specs = str(RESULTS / "specs")
-    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", None) or "").startswith(specs)]:
-        del sys.modules[name]  # so a later test's import_plugins registers them again
+    with model_registry_kept():  # loaded at collection, before any fixture: their plugins' models leave with them
+        files = [(str(p), load_experiment(p)) for p in sorted((RESULTS / "specs").glob("*.toml"))]
     return [(ref, r, r.database(exp.database)) for ref, exp in named + files for r in exp.reports]
 
 

@@ -3,7 +3,6 @@ results/specs/keras_lenet.py): they load, and the models differ from lenet5 only
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,11 @@ import torch
 from torch import nn
 
 from gradreg.experiment import DEV_SEED_OFFSET
-from gradreg.models import MODEL_INFO, MODELS, create_model
+from gradreg.models import create_model
 from gradreg.plugins import import_plugins
 from gradreg.spec import load_experiment
+
+from conftest import model_registry_kept
 
 SPECS = Path(__file__).resolve().parents[1] / "results" / "specs"
 SHAPE = dict(input_shape=(1, 28, 28), num_outputs=10)
@@ -22,15 +23,9 @@ SHAPE = dict(input_shape=(1, 28, 28), num_outputs=10)
 @pytest.fixture(scope="module", autouse=True)
 def keras_lenet():
     """The plugin's models registered for this module's tests, and out of the registries after them."""
-    before, modules = set(MODELS), set(sys.modules)
-    import_plugins([SPECS / "keras_lenet.py"])
-    yield
-    for name in set(MODELS) - before:
-        MODELS.pop(name)
-        MODEL_INFO.pop(name, None)
-    for module in set(sys.modules) - modules:
-        if str(getattr(sys.modules[module], "__file__", None) or "").startswith(str(SPECS)):
-            del sys.modules[module]
+    with model_registry_kept():
+        import_plugins([SPECS / "keras_lenet.py"])
+        yield
 
 
 def _build(name: str, seed: int = 3, **kw) -> tuple[nn.Module, torch.Tensor]:
